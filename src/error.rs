@@ -1,0 +1,165 @@
+//! Error types: why a job ended without output, why a submission was refused,
+//! and why a pool could not be built.
+
+use std::fmt;
+
+/// Why a job ended without producing its output.
+///
+/// Returned by awaiting a [`JobHandle`](crate::JobHandle) or by
+/// [`Pool::run`](crate::Pool::run).
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The job was cancelled: its handle called [`cancel`](crate::JobHandle::cancel),
+    /// or the pool was [aborted](crate::Pool::abort) before the job ended.
+    Cancelled,
+    /// The job ran longer than its run timeout and was dropped.
+    TimedOut,
+    /// The job waited in the queue longer than its queue timeout and never started.
+    QueueTimedOut,
+    /// The job panicked. The string is the panic message, or a placeholder when the
+    /// payload was neither a `&str` nor a `String`.
+    Panicked(String),
+    /// The pool was closed before it accepted the job.
+    Closed,
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobError::Cancelled => f.write_str("job cancelled"),
+            JobError::TimedOut => f.write_str("job timed out"),
+            JobError::QueueTimedOut => f.write_str("job timed out in the queue"),
+            JobError::Panicked(msg) => write!(f, "job panicked: {msg}"),
+            JobError::Closed => f.write_str("pool closed"),
+        }
+    }
+}
+
+impl std::error::Error for JobError {}
+
+/// A submission that waited for queue space was refused. The job comes back inside.
+///
+/// Returned by [`Pool::submit`](crate::Pool::submit),
+/// [`Pool::submit_timeout`](crate::Pool::submit_timeout), [`Pool::spawn`](crate::Pool::spawn)
+/// and [`Pool::submit_blocking`](crate::Pool::submit_blocking).
+pub enum SubmitError<F> {
+    /// The pool is closed; it accepts no new jobs.
+    Closed(F),
+    /// No queue space became free within the wait that was allowed.
+    Timeout(F),
+}
+
+impl<F> SubmitError<F> {
+    /// Takes back the job that was refused.
+    pub fn into_inner(self) -> F {
+        match self {
+            SubmitError::Closed(f) | SubmitError::Timeout(f) => f,
+        }
+    }
+
+    /// Whether the pool was closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, SubmitError::Closed(_))
+    }
+
+    /// Whether the wait for queue space ran out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SubmitError::Timeout(_))
+    }
+}
+
+impl<F> fmt::Debug for SubmitError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::Closed(_) => f.write_str("Closed(..)"),
+            SubmitError::Timeout(_) => f.write_str("Timeout(..)"),
+        }
+    }
+}
+
+impl<F> fmt::Display for SubmitError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::Closed(_) => f.write_str("pool closed"),
+            SubmitError::Timeout(_) => f.write_str("timed out waiting for queue space"),
+        }
+    }
+}
+
+impl<F> std::error::Error for SubmitError<F> {}
+
+/// A submission that could not be accepted at once. The job comes back inside.
+///
+/// Returned by [`Pool::try_submit`](crate::Pool::try_submit).
+pub enum TrySubmitError<F> {
+    /// The queue is full.
+    Full(F),
+    /// The pool is closed; it accepts no new jobs.
+    Closed(F),
+}
+
+impl<F> TrySubmitError<F> {
+    /// Takes back the job that was refused.
+    pub fn into_inner(self) -> F {
+        match self {
+            TrySubmitError::Full(f) | TrySubmitError::Closed(f) => f,
+        }
+    }
+
+    /// Whether the queue was full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, TrySubmitError::Full(_))
+    }
+
+    /// Whether the pool was closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, TrySubmitError::Closed(_))
+    }
+}
+
+impl<F> fmt::Debug for TrySubmitError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySubmitError::Full(_) => f.write_str("Full(..)"),
+            TrySubmitError::Closed(_) => f.write_str("Closed(..)"),
+        }
+    }
+}
+
+impl<F> fmt::Display for TrySubmitError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySubmitError::Full(_) => f.write_str("queue full"),
+            TrySubmitError::Closed(_) => f.write_str("pool closed"),
+        }
+    }
+}
+
+impl<F> std::error::Error for TrySubmitError<F> {}
+
+/// A [`Builder`](crate::Builder) setting could not make a pool.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `build()` was called outside a Tokio runtime, so there is nowhere to run workers.
+    NoRuntime,
+    /// `workers(0)` was asked for. A pool needs at least one worker; to pause a
+    /// pool, build it with one or more and call [`Pool::resize(0)`](crate::Pool::resize).
+    ZeroWorkers,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::NoRuntime => {
+                f.write_str("no tokio runtime: build the pool from inside a tokio runtime")
+            }
+            BuildError::ZeroWorkers => {
+                f.write_str("workers must be at least 1 (use resize(0) to pause a pool)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}

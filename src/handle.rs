@@ -1,0 +1,247 @@
+//! The end of a job's path: the shared result cell and [`JobHandle`].
+//!
+//! One allocation per job, [`Shared`], does the work of a oneshot channel plus a
+//! cancellation token: a state word, the result slot, the caller's waker and the
+//! worker's waker.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use futures::task::AtomicWaker;
+
+use crate::error::JobError;
+use crate::queue::Inner;
+
+/// A worker has claimed the job and is running it (or about to).
+const STARTED: u8 = 1;
+/// The outcome is decided; the result (if anyone wants it) is in the slot.
+const COMPLETE: u8 = 2;
+/// The caller asked for the job to be cancelled.
+const CANCELLED: u8 = 4;
+/// The handle is gone (dropped or detached); nobody will read the result.
+const HANDLE_GONE: u8 = 8;
+
+/// The cell shared by a job's envelope (on the worker side) and its [`JobHandle`].
+pub(crate) struct Shared<T> {
+    state: AtomicU8,
+    result: Mutex<Option<Result<T, JobError>>>,
+    handle_waker: AtomicWaker,
+    worker_waker: AtomicWaker,
+}
+
+impl<T> Shared<T> {
+    pub(crate) fn new() -> Self {
+        Shared {
+            state: AtomicU8::new(0),
+            result: Mutex::new(None),
+            handle_waker: AtomicWaker::new(),
+            worker_waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Marks the job started. Returns `false` if the caller cancelled it first, in
+    /// which case it must not run.
+    #[inline]
+    pub(crate) fn claim_start(&self) -> bool {
+        self.state.fetch_or(STARTED, AcqRel) & CANCELLED == 0
+    }
+
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.state.load(Acquire) & CANCELLED != 0
+    }
+
+    #[inline]
+    pub(crate) fn is_complete(&self) -> bool {
+        self.state.load(Acquire) & COMPLETE != 0
+    }
+
+    /// Registers the running worker's waker, so that a cancel can wake it.
+    #[inline]
+    pub(crate) fn register_worker(&self, waker: &Waker) {
+        self.worker_waker.register(waker);
+    }
+
+    /// Stores the outcome and wakes the handle. If the handle is gone, the value is
+    /// handed back so the caller can drop it where a panic in its `Drop` is caught.
+    pub(crate) fn complete(&self, r: Result<T, JobError>) -> Option<Result<T, JobError>> {
+        if self.state.load(Acquire) & HANDLE_GONE != 0 {
+            self.state.fetch_or(COMPLETE, AcqRel);
+            return Some(r);
+        }
+        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+        self.state.fetch_or(COMPLETE, AcqRel);
+        self.handle_waker.wake();
+        None
+    }
+
+    fn take(&self) -> Option<Result<T, JobError>> {
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// A job's identity, unique within its pool. Ids grow in submission order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct JobId(pub(crate) u64);
+
+impl JobId {
+    /// The id as a number.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A handle to one accepted job: a future that resolves to its result.
+///
+/// **Dropping a `JobHandle` cancels its job**, wherever it is: a queued job never
+/// starts and its queue slot is freed at once; a running job is dropped at its next
+/// `.await`, before its worker takes another job. Either way the job counts as
+/// `cancelled` in [`Stats`](crate::Stats). To let the job run on without waiting for
+/// it, call [`detach`](JobHandle::detach).
+///
+/// Awaiting the handle gives `Ok(output)`, or a [`JobError`] saying why there is no
+/// output. The handle resolves exactly once for every accepted job, including when
+/// the pool is closed, aborted, or its runtime shuts down.
+///
+/// # Cancel safety
+///
+/// Awaiting a handle is cancel safe: polling it and then dropping the `.await` loses
+/// nothing while you keep the handle (`&mut handle` can be used in `select!`). Dropping
+/// the handle itself cancels the job, as above.
+///
+/// # Panics
+///
+/// Polling the handle again after it has returned `Ready` panics, like any future.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let pool = taskgate::Pool::new(4);
+/// let handle = pool.submit(async { 6 * 7 }).await.unwrap();
+/// println!("job {} accepted", handle.id());
+/// assert_eq!(handle.await, Ok(42));
+/// # }
+/// ```
+#[must_use = "dropping a JobHandle cancels its job; call .detach() to let it run"]
+pub struct JobHandle<T> {
+    shared: Arc<Shared<T>>,
+    /// The pool, to take a queued job out of the queue on cancel. `None` once the
+    /// handle has nothing left to do on drop.
+    inner: Option<Arc<Inner>>,
+    id: JobId,
+}
+
+impl<T> JobHandle<T> {
+    pub(crate) fn new(shared: Arc<Shared<T>>, inner: Arc<Inner>, id: JobId) -> Self {
+        JobHandle {
+            shared,
+            inner: Some(inner),
+            id,
+        }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// Whether the job has ended: its result (or error) is ready to collect.
+    pub fn is_finished(&self) -> bool {
+        self.shared.is_complete()
+    }
+
+    /// Cancels the job. A queued job is taken out of the queue and never starts; a
+    /// running job is dropped at its next `.await`. Awaiting the handle afterwards
+    /// gives `Err(JobError::Cancelled)`, unless the job had already ended, in which
+    /// case its real result is kept. Calling it more than once does nothing more.
+    ///
+    /// A [`submit_blocking`](crate::Pool::submit_blocking) closure that is already
+    /// running cannot be interrupted: the handle resolves at once, but the closure's
+    /// slot stays taken until it returns.
+    pub fn cancel(&self) {
+        self.request_cancel(false);
+    }
+
+    /// Lets the job run to its end without a handle; its result is dropped. Unlike
+    /// dropping the handle, this does not cancel the job.
+    pub fn detach(mut self) {
+        self.shared.state.fetch_or(HANDLE_GONE, AcqRel);
+        self.inner = None;
+    }
+
+    fn request_cancel(&self, gone: bool) {
+        let bits = if gone {
+            CANCELLED | HANDLE_GONE
+        } else {
+            CANCELLED
+        };
+        let prev = self.shared.state.fetch_or(bits, AcqRel);
+        if prev & (COMPLETE | CANCELLED) != 0 {
+            return;
+        }
+        if prev & STARTED != 0 {
+            // Running: the worker checks the flag at its next poll.
+            self.shared.worker_waker.wake();
+            return;
+        }
+        // Queued: take it out now so its slot frees at once. If a worker (or the
+        // queue-timeout reaper) got it first, that side sees CANCELLED instead.
+        if let Some(inner) = &self.inner {
+            inner.cancel_queued(self.id.0);
+        }
+    }
+}
+
+impl<T> Future for JobHandle<T> {
+    type Output = Result<T, JobError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        assert!(
+            self.inner.is_some(),
+            "JobHandle polled after it returned its result"
+        );
+        if !self.shared.is_complete() {
+            self.shared.handle_waker.register(cx.waker());
+            if !self.shared.is_complete() {
+                return Poll::Pending;
+            }
+        }
+        self.inner = None;
+        // COMPLETE is set after the slot is filled, so the slot is full here. If a
+        // bug ever left it empty, report a cancellation rather than hang or panic.
+        Poll::Ready(self.shared.take().unwrap_or(Err(JobError::Cancelled)))
+    }
+}
+
+impl<T> Drop for JobHandle<T> {
+    fn drop(&mut self) {
+        if self.inner.is_none() || self.shared.is_complete() {
+            return;
+        }
+        self.request_cancel(true);
+    }
+}
+
+impl<T> fmt::Debug for JobHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("id", &self.id)
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}

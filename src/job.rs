@@ -1,0 +1,397 @@
+//! The envelope that carries one job from `submit` to a worker: [`Task`].
+//!
+//! A `Task` owns the user's work (a future, or a blocking closure), its run
+//! timeout, the parent tracing span, and the worker end of the job's [`Shared`]
+//! cell. It lives in one `Box` from submission until the worker is done with it, and
+//! travels through the queue type-erased as `Pin<Box<dyn Job>>`.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+use tracing::Span;
+
+use crate::error::JobError;
+use crate::handle::Shared;
+use crate::stats::{Outcome, Shard};
+
+/// What a job does. Implemented for futures ([`AsyncWork`]) and for blocking
+/// closures ([`BlockingWork`]).
+pub(crate) trait Work: Send + 'static {
+    type Output: Send + 'static;
+
+    /// Whether the work can outlive a timeout or cancel (and so must linger).
+    const LINGERS: bool = false;
+
+    /// Polls the work. A panic comes back as `Err(JobError::Panicked)`.
+    fn poll_work(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::Output, JobError>>;
+
+    /// After a timeout or cancel, waits for anything that cannot be interrupted
+    /// (a running blocking closure) so that its slot stays taken until it ends.
+    fn poll_linger(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+/// Turns a panic payload into the message carried by [`JobError::Panicked`].
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+/// Drops a value where a panic in its `Drop` cannot take the worker down.
+pub(crate) fn drop_quietly<T>(value: T) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        tracing::warn!(panic = %panic_message(&*p), "taskgate: a job's value panicked while dropped");
+    }
+}
+
+pin_project! {
+    /// An async job: a future polled on a worker task.
+    pub(crate) struct AsyncWork<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F> AsyncWork<F> {
+    pub(crate) fn new(fut: F) -> Self {
+        AsyncWork { fut }
+    }
+
+    pub(crate) fn into_inner(self) -> F {
+        self.fut
+    }
+}
+
+impl<F> Work for AsyncWork<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    #[inline]
+    fn poll_work(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<F::Output, JobError>> {
+        let fut = self.project().fut;
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(p) => Poll::Ready(Err(JobError::Panicked(panic_message(&*p)))),
+        }
+    }
+}
+
+/// A blocking job: a closure run on Tokio's blocking threads while the job holds
+/// one of the pool's slots.
+pub(crate) struct BlockingWork<C, T> {
+    f: Option<C>,
+    handle: Option<JoinHandle<T>>,
+}
+
+impl<C, T> BlockingWork<C, T> {
+    pub(crate) fn new(f: C) -> Self {
+        BlockingWork {
+            f: Some(f),
+            handle: None,
+        }
+    }
+
+    /// The closure, which is always there until the job starts.
+    pub(crate) fn into_inner(self) -> Option<C> {
+        self.f
+    }
+}
+
+impl<C, T> Work for BlockingWork<C, T>
+where
+    C: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    type Output = T;
+
+    const LINGERS: bool = true;
+
+    fn poll_work(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, JobError>> {
+        // Both fields are `Unpin`-agnostic plain data; nothing here is pinned.
+        let this = Pin::into_inner(self);
+        if let Some(f) = this.f.take() {
+            this.handle = Some(tokio::task::spawn_blocking(f));
+        }
+        let Some(handle) = this.handle.as_mut() else {
+            return Poll::Ready(Err(JobError::Cancelled));
+        };
+        let res = ready!(Pin::new(handle).poll(cx));
+        this.handle = None;
+        Poll::Ready(match res {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_panic() => Err(JobError::Panicked(panic_message(&*e.into_panic()))),
+            // The runtime is shutting down and dropped the closure before it ran.
+            Err(_) => Err(JobError::Cancelled),
+        })
+    }
+
+    fn poll_linger(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = Pin::into_inner(self);
+        this.f = None;
+        if let Some(handle) = this.handle.as_mut() {
+            let _ = ready!(Pin::new(handle).poll(cx));
+            this.handle = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl<C, T> Unpin for BlockingWork<C, T> {}
+
+/// What a worker lends a job while it runs it.
+pub(crate) struct RunCtx<'a> {
+    pub(crate) shard: &'a Shard,
+    pub(crate) aborted: &'a AtomicBool,
+    pub(crate) started: Instant,
+}
+
+/// The type-erased face of a [`Task`], as the queue and the workers see it.
+pub(crate) trait Job: Send {
+    /// When the job was accepted.
+    fn submitted(&self) -> Instant;
+
+    /// Claims the job for running. Returns `false` if its caller cancelled it first;
+    /// the job is then resolved as cancelled (and counted in `ctx.shard`), and must
+    /// not be polled.
+    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, ctx: &RunCtx<'_>) -> bool;
+
+    /// Drives the job to its outcome: output, panic, timeout, cancel or abort. The
+    /// outcome is counted in `ctx.shard` before the handle is resolved, and the
+    /// work is dropped before this returns `Ready`.
+    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &RunCtx<'_>) -> Poll<()>;
+
+    /// Resolves a job that never started (taken out of the queue) with `err`,
+    /// dropping its work first. The caller has already counted it.
+    fn resolve_unstarted(self: Pin<&mut Self>, err: JobError);
+}
+
+pin_project! {
+    /// The envelope for one job.
+    #[project = TaskProj]
+    pub(crate) struct Task<W: Work> {
+        #[pin]
+        work: Option<W>,
+        #[pin]
+        sleep: Option<Sleep>,
+        shared: Option<Arc<Shared<W::Output>>>,
+        timeout: Option<Duration>,
+        submitted: Instant,
+        parent: Span,
+        span: Span,
+        // The outcome, once decided, while uninterruptible work finishes.
+        lingering: bool,
+        // Whether the worker's waker is registered in `shared` for cancels.
+        registered: bool,
+    }
+
+    impl<W: Work> PinnedDrop for Task<W> {
+        fn drop(this: Pin<&mut Self>) {
+            // Every path resolves the handle before dropping the task. This is the
+            // net for the rest: a worker dropped mid-job by a runtime shutdown.
+            let this = this.project();
+            if let Some(shared) = this.shared.take()
+                && !shared.is_complete() {
+                    drop_quietly(shared.complete(Err(JobError::Cancelled)));
+                }
+        }
+    }
+}
+
+impl<W: Work> Task<W> {
+    pub(crate) fn new(
+        work: W,
+        shared: Option<Arc<Shared<W::Output>>>,
+        timeout: Option<Duration>,
+        submitted: Instant,
+    ) -> Self {
+        Task {
+            work: Some(work),
+            sleep: None,
+            shared,
+            timeout,
+            submitted,
+            parent: Span::current(),
+            span: Span::none(),
+            lingering: false,
+            registered: false,
+        }
+    }
+
+    pub(crate) fn set_submitted(&mut self, at: Instant) {
+        self.submitted = at;
+    }
+
+    /// Takes the work back out of a task that was never accepted.
+    pub(crate) fn into_work(mut self) -> W {
+        self.shared = None;
+        self.work
+            .take()
+            .expect("taskgate bug: a refused task has no work")
+    }
+}
+
+/// Ends a running job: counts the outcome, drops the work (unless it must linger),
+/// then resolves the handle.
+fn settle<W: Work>(
+    this: &mut TaskProj<'_, W>,
+    ctx: &RunCtx<'_>,
+    outcome: Outcome,
+    result: Result<W::Output, JobError>,
+) {
+    ctx.shard.record(outcome);
+    ctx.shard.record_run_time(Instant::now().saturating_duration_since(ctx.started));
+    match outcome {
+        Outcome::Completed => {}
+        Outcome::Panicked => {
+            if let Err(JobError::Panicked(msg)) = &result {
+                tracing::warn!(parent: &*this.span, panic = %msg, "taskgate: job panicked");
+            }
+        }
+        Outcome::TimedOut => tracing::debug!(parent: &*this.span, "taskgate: job timed out"),
+        Outcome::Cancelled | Outcome::Aborted => {
+            tracing::debug!(parent: &*this.span, aborted = outcome == Outcome::Aborted, "taskgate: running job cancelled")
+        }
+    }
+    let lingers =
+        W::LINGERS && matches!(outcome, Outcome::Cancelled | Outcome::Aborted | Outcome::TimedOut);
+    if lingers {
+        // Uninterruptible work keeps its slot; an async future is dropped at once.
+        *this.lingering = true;
+    } else {
+        drop_work(this.work.as_mut());
+    }
+    this.sleep.set(None);
+    if let Some(shared) = this.shared.as_ref() {
+        if let Some(unread) = shared.complete(result) {
+            drop_quietly(unread);
+        }
+    } else {
+        drop_quietly(result);
+    }
+}
+
+fn drop_work<W>(mut work: Pin<&mut Option<W>>) {
+    if work.is_some()
+        && let Err(p) = catch_unwind(AssertUnwindSafe(|| work.set(None))) {
+            tracing::warn!(panic = %panic_message(&*p), "taskgate: a job's future panicked while dropped");
+        }
+}
+
+impl<W: Work> Job for Task<W> {
+    fn submitted(&self) -> Instant {
+        self.submitted
+    }
+
+    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, ctx: &RunCtx<'_>) -> bool {
+        let mut this = self.project();
+        if let Some(shared) = this.shared.as_ref()
+            && !shared.claim_start() {
+                ctx.shard.record(Outcome::Cancelled);
+                tracing::debug!(pool, job = id, "taskgate: queued job cancelled by its caller");
+                drop_work(this.work.as_mut());
+                if let Some(unread) = shared.complete(Err(JobError::Cancelled)) {
+                    drop_quietly(unread);
+                }
+                return false;
+            }
+        *this.span = tracing::debug_span!(parent: &*this.parent, "taskgate.job", pool, job = id);
+        if let Some(t) = *this.timeout {
+            this.sleep.set(Some(tokio::time::sleep(t)));
+        }
+        true
+    }
+
+    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &RunCtx<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            if *this.lingering {
+                if let Some(w) = this.work.as_mut().as_pin_mut() {
+                    ready!(w.poll_linger(cx));
+                }
+                drop_work(this.work.as_mut());
+                return Poll::Ready(());
+            }
+            let aborted = ctx.aborted.load(Relaxed);
+            if aborted || this.shared.as_ref().is_some_and(|s| s.is_cancelled()) {
+                let outcome = if aborted {
+                    Outcome::Aborted
+                } else {
+                    Outcome::Cancelled
+                };
+                settle(&mut this, ctx, outcome, Err(JobError::Cancelled));
+                if *this.lingering {
+                    continue;
+                }
+                return Poll::Ready(());
+            }
+            let Some(work) = this.work.as_mut().as_pin_mut() else {
+                return Poll::Ready(());
+            };
+            let polled = {
+                let _enter = this.span.enter();
+                work.poll_work(cx)
+            };
+            match polled {
+                Poll::Ready(Ok(v)) => {
+                    settle(&mut this, ctx, Outcome::Completed, Ok(v));
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Err(e)) => {
+                    settle(&mut this, ctx, Outcome::Panicked, Err(e));
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {}
+            }
+            if !*this.registered
+                && let Some(shared) = this.shared.as_ref() {
+                    // Registered lazily: a job that finishes in its first poll never
+                    // pays for it. Re-check after registering so no cancel is missed.
+                    shared.register_worker(cx.waker());
+                    *this.registered = true;
+                    if shared.is_cancelled() {
+                        continue;
+                    }
+                }
+            if let Some(sleep) = this.sleep.as_mut().as_pin_mut()
+                && sleep.poll(cx).is_ready() {
+                    settle(&mut this, ctx, Outcome::TimedOut, Err(JobError::TimedOut));
+                    if *this.lingering {
+                        continue;
+                    }
+                    return Poll::Ready(());
+                }
+            return Poll::Pending;
+        }
+    }
+
+    fn resolve_unstarted(self: Pin<&mut Self>, err: JobError) {
+        let mut this = self.project();
+        drop_work(this.work.as_mut());
+        if let Some(shared) = this.shared.as_ref()
+            && let Some(unread) = shared.complete(Err(err)) {
+                drop_quietly(unread);
+            }
+    }
+}

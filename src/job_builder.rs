@@ -1,0 +1,177 @@
+//! [`JobBuilder`]: per-job options, then a terminal call that submits the job.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::error::{JobError, SubmitError, TrySubmitError};
+use crate::handle::JobHandle;
+use crate::job::AsyncWork;
+use crate::pool::{JobOpts, Pool};
+
+/// Per-job options for one job, from [`Pool::job`].
+///
+/// The options start at the pool's defaults. Finish with one of the terminal
+/// methods, which behave (and fail) exactly like the [`Pool`] methods of the same
+/// name: [`submit`](JobBuilder::submit), [`submit_timeout`](JobBuilder::submit_timeout),
+/// [`try_submit`](JobBuilder::try_submit), [`run`](JobBuilder::run) and
+/// [`spawn`](JobBuilder::spawn). Dropping the builder drops the job's future un-run.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use std::time::Duration;
+///
+/// let pool = taskgate::Pool::new(4);
+/// let handle = pool
+///     .job(async { "fetched" })
+///     .timeout(Duration::from_secs(5))
+///     .queue_timeout(Duration::from_millis(500))
+///     .submit()
+///     .await
+///     .unwrap();
+/// assert_eq!(handle.await.unwrap(), "fetched");
+/// # }
+/// ```
+#[must_use = "a JobBuilder does nothing until .submit(), .try_submit(), .run() or .spawn()"]
+pub struct JobBuilder<'a, F> {
+    pool: &'a Pool,
+    fut: F,
+    opts: JobOpts,
+}
+
+impl<'a, F> JobBuilder<'a, F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    pub(crate) fn new(pool: &'a Pool, fut: F) -> Self {
+        JobBuilder {
+            pool,
+            fut,
+            opts: pool.default_opts(),
+        }
+    }
+
+    /// The run timeout for this job, overriding the pool's
+    /// [`job_timeout`](crate::Builder::job_timeout). A job running longer is dropped
+    /// and resolves as [`JobError::TimedOut`]. A zero timeout gives the job one poll.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.opts.timeout = Some(timeout);
+        self
+    }
+
+    /// Removes the run timeout for this job, even if the pool has one.
+    pub fn no_timeout(mut self) -> Self {
+        self.opts.timeout = None;
+        self
+    }
+
+    /// The queue timeout for this job, overriding the pool's
+    /// [`queue_timeout`](crate::Builder::queue_timeout). A job still queued this long
+    /// after it was accepted never starts and resolves as [`JobError::QueueTimedOut`].
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.queue_timeout = Some(timeout);
+        self
+    }
+
+    /// Removes the queue timeout for this job, even if the pool has one.
+    pub fn no_queue_timeout(mut self) -> Self {
+        self.opts.queue_timeout = None;
+        self
+    }
+
+    /// Submits the job, waiting for queue space. See [`Pool::submit`].
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Closed`] if the pool is closed; the future comes back inside.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the call before it returns drops the job's future un-run.
+    pub async fn submit(self) -> Result<JobHandle<F::Output>, SubmitError<F>> {
+        self.pool
+            .submit_work(AsyncWork::new(self.fut), self.opts, None)
+            .await
+            .map_err(|e| e.map(AsyncWork::into_inner))
+    }
+
+    /// Submits the job, waiting at most `wait` for queue space. See
+    /// [`Pool::submit_timeout`].
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Timeout`] or [`SubmitError::Closed`]; the future comes back
+    /// inside.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the call before it returns drops the job's future un-run.
+    pub async fn submit_timeout(
+        self,
+        wait: Duration,
+    ) -> Result<JobHandle<F::Output>, SubmitError<F>> {
+        self.pool
+            .submit_work(AsyncWork::new(self.fut), self.opts, Some(wait))
+            .await
+            .map_err(|e| e.map(AsyncWork::into_inner))
+    }
+
+    /// Submits the job if there is queue space now. See [`Pool::try_submit`].
+    ///
+    /// # Errors
+    ///
+    /// [`TrySubmitError::Full`] or [`TrySubmitError::Closed`]; the future comes back
+    /// inside.
+    pub fn try_submit(self) -> Result<JobHandle<F::Output>, TrySubmitError<F>> {
+        self.pool
+            .try_submit_work(AsyncWork::new(self.fut), self.opts)
+            .map_err(|e| e.map(AsyncWork::into_inner))
+    }
+
+    /// Submits the job and waits for its result. See [`Pool::run`].
+    ///
+    /// # Errors
+    ///
+    /// A [`JobError`]; [`JobError::Closed`] if the pool was closed before it
+    /// accepted the job.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the call cancels the job, wherever it is.
+    pub async fn run(self) -> Result<F::Output, JobError> {
+        match self.submit().await {
+            Ok(handle) => handle.await,
+            Err(_) => Err(JobError::Closed),
+        }
+    }
+
+    /// Submits the job to run detached. See [`Pool::spawn`].
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Closed`] if the pool is closed; the future comes back inside.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the call before it returns drops the job's future un-run.
+    pub async fn spawn(self) -> Result<(), SubmitError<F>> {
+        self.pool
+            .spawn_work(AsyncWork::new(self.fut), self.opts)
+            .await
+            .map_err(|e| e.map(AsyncWork::into_inner))
+    }
+}
+
+impl<F> fmt::Debug for JobBuilder<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobBuilder")
+            .field("pool", &self.pool.name())
+            .field("timeout", &self.opts.timeout)
+            .field("queue_timeout", &self.opts.queue_timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,95 @@
+//! A bounded worker pool for Tokio: a fixed number of long-lived worker tasks run
+//! jobs from a bounded queue, with cancel-on-drop, per-job timeouts, graceful
+//! shutdown, runtime resizing and cheap stats.
+//!
+//! Replace a spawn loop that grows without bound:
+//!
+//! ```
+//! # async fn work(x: u64) -> u64 { x * 2 }
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // Before: one task per item, all at once.
+//! //     for x in 0..10_000 { tokio::spawn(work(x)); }
+//!
+//! // After: at most 64 run at once, at most 640 wait; the loop waits when full.
+//! let pool = taskgate::Pool::builder().workers(64).build().unwrap();
+//! for x in 0..10_000 {
+//!     pool.spawn(work(x)).await.unwrap();
+//! }
+//! pool.shutdown().await; // wait for all of them
+//! assert_eq!(pool.stats().completed, 10_000);
+//! # }
+//! ```
+//!
+//! Or wrap outbound calls, with each call's result coming back to its caller:
+//!
+//! ```
+//! # async fn fetch(url: &str) -> usize { url.len() }
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let pool = taskgate::Pool::new(16);
+//! let len = pool.run(fetch("https://example.com/")).await.unwrap();
+//! # assert_eq!(len, 20);
+//! # }
+//! ```
+//!
+//! # What happens when
+//!
+//! - **A caller goes away.** Dropping a [`JobHandle`], or a [`Pool::run`] future,
+//!   cancels the job: a queued job never starts (its queue slot frees at once), and
+//!   a running job is dropped at its next `.await`, before its worker takes another
+//!   job. [`JobHandle::detach`] lets a job run on without its caller.
+//! - **A job takes too long.** A run timeout ([`Builder::job_timeout`],
+//!   [`JobBuilder::timeout`]) drops a running job and frees its slot at once; a queue
+//!   timeout ([`Builder::queue_timeout`], [`JobBuilder::queue_timeout`]) drops a job
+//!   that waited too long to start. The handle gets [`JobError::TimedOut`] or
+//!   [`JobError::QueueTimedOut`].
+//! - **A job panics.** Its handle gets [`JobError::Panicked`] with the message; its
+//!   worker carries on.
+//! - **The pool closes** ([`Pool::close`], or the last [`Pool`] clone is dropped).
+//!   No new job is accepted, and waiting submitters get their job back in
+//!   [`SubmitError::Closed`]. Jobs already accepted still run: closing never cancels.
+//!   [`Pool::shutdown`] closes and waits for them; [`Pool::shutdown_timeout`] waits
+//!   up to a deadline and then cancels the rest; [`Pool::abort`] cancels everything now.
+//!
+//! Every accepted job resolves its handle exactly once, and every refused job comes
+//! back to its caller inside the error.
+//!
+//! # Limits
+//!
+//! Cancellation works at `.await` points: a job that never yields (a long loop
+//! without `.await`, or `std::thread::sleep`) cannot be cancelled or timed out while
+//! it runs, and it blocks its runtime thread. Put such work in
+//! [`Pool::submit_blocking`].
+//!
+//! # Tracing
+//!
+//! Each job runs inside a `DEBUG` span named `taskgate.job`, with `pool` (the name)
+//! and `job` (the id) fields, whose parent is the span that was current when the job
+//! was submitted. Cancellations, timeouts and refusals are logged at `DEBUG`;
+//! panics at `WARN`.
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![doc(test(attr(deny(warnings))))]
+
+mod builder;
+mod error;
+mod handle;
+mod job;
+mod job_builder;
+mod pool;
+mod queue;
+mod stats;
+mod worker;
+
+pub use builder::Builder;
+pub use error::{BuildError, JobError, SubmitError, TrySubmitError};
+pub use handle::{JobHandle, JobId};
+pub use job_builder::JobBuilder;
+pub use pool::Pool;
+pub use stats::{Latency, ShutdownReport, Stats};

@@ -1,0 +1,553 @@
+//! [`Pool`]: where a job starts its path. Submission, backpressure and lifecycle.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::builder::Builder;
+use crate::error::{JobError, SubmitError, TrySubmitError};
+use crate::handle::{JobHandle, JobId, Shared};
+use crate::job::{BlockingWork, Task, Work};
+use crate::job_builder::JobBuilder;
+use crate::queue::{Inner, Refused};
+use crate::stats::{ShutdownReport, Stats};
+
+/// A bounded pool of long-lived worker tasks that run jobs from a bounded queue.
+///
+/// `Pool` is a cheap handle: clone it freely, and every clone shares one pool. It is
+/// `Send + Sync`.
+///
+/// **Dropping every `Pool` handle closes the pool, but does not cancel its jobs**:
+/// jobs already accepted still run to their end, like tokio-util's `TaskTracker`
+/// and unlike `JoinSet`. To cancel them, call [`abort`](Pool::abort); to wait for
+/// them, call [`shutdown`](Pool::shutdown). (Dropping a [`JobHandle`] does cancel its
+/// own job; [`spawn`](Pool::spawn)ed jobs have no handle and are only stopped by
+/// abort.)
+///
+/// Jobs run on the pool's worker tasks, never in the caller's task. At most
+/// `workers` jobs run at once; up to `queue_capacity` more wait in the queue, and
+/// beyond that, submitters wait for space.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let pool = taskgate::Pool::new(8);
+///
+/// // Wait for the result in one call. Dropping this future cancels the job.
+/// let n = pool.run(async { 2 + 2 }).await.unwrap();
+/// assert_eq!(n, 4);
+///
+/// // Or submit now and collect later.
+/// let handle = pool.submit(async { "done" }).await.unwrap();
+/// assert_eq!(handle.await.unwrap(), "done");
+///
+/// pool.shutdown().await;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    handle: Arc<PoolRef>,
+}
+
+/// Closes the pool when the last `Pool` clone goes.
+struct PoolRef {
+    inner: Arc<Inner>,
+}
+
+impl Drop for PoolRef {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+/// Per-job options, from the pool's defaults and the [`JobBuilder`].
+#[derive(Clone, Copy)]
+pub(crate) struct JobOpts {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) queue_timeout: Option<Duration>,
+}
+
+/// Gives up a waiting submitter's registration however its call ends.
+struct WaitGuard<'a> {
+    inner: &'a Inner,
+    registered: bool,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.inner.stop_waiting();
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Pool {
+            handle: Arc::new(PoolRef { inner }),
+        }
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.handle.inner
+    }
+
+    pub(crate) fn default_opts(&self) -> JobOpts {
+        JobOpts {
+            timeout: self.inner().job_timeout,
+            queue_timeout: self.inner().queue_timeout,
+        }
+    }
+
+    /// A [`Builder`] with the default settings.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// A pool with `workers` workers and the other settings at their defaults.
+    ///
+    /// # Panics
+    ///
+    /// Where [`Builder::build`] would return an error: outside a Tokio runtime, or
+    /// when `workers` is 0.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let pool = taskgate::Pool::new(16);
+    /// assert_eq!(pool.stats().workers, 16);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn new(workers: usize) -> Pool {
+        match Builder::new().workers(workers).build() {
+            Ok(pool) => pool,
+            Err(e) => panic!("taskgate::Pool::new({workers}): {e}"),
+        }
+    }
+
+    /// Per-job options: a run timeout or queue timeout that overrides the pool's,
+    /// then one of `.submit()`, `.try_submit()`, `.run()` or `.spawn()`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use taskgate::JobError;
+    ///
+    /// let pool = taskgate::Pool::new(4);
+    /// let slow = pool
+    ///     .job(tokio::time::sleep(Duration::from_secs(60)))
+    ///     .timeout(Duration::from_secs(1))
+    ///     .run()
+    ///     .await;
+    /// assert_eq!(slow, Err(JobError::TimedOut));
+    /// # }
+    /// ```
+    pub fn job<F>(&self, fut: F) -> JobBuilder<'_, F>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        JobBuilder::new(self, fut)
+    }
+
+    /// Submits a job, waiting for queue space if the queue is full (backpressure),
+    /// and returns its [`JobHandle`]. The job starts as soon as a worker is free.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Closed`] if the pool is closed, including when it closes while
+    /// this call waits for space. The future comes back inside the error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping this future before it completes drops the job's future with it: a
+    /// job that was not yet accepted is lost (like `mpsc::Sender::send`). Once the
+    /// call has returned the handle, the job is accepted.
+    pub async fn submit<F>(&self, fut: F) -> Result<JobHandle<F::Output>, SubmitError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.job(fut).submit().await
+    }
+
+    /// Like [`submit`](Pool::submit), but waits at most `wait` for queue space.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Timeout`] if no space freed within `wait` (counted in
+    /// [`Stats::rejected`]), and [`SubmitError::Closed`] if the pool is closed. The
+    /// future comes back inside the error.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`submit`](Pool::submit): dropping the call drops the job's future.
+    pub async fn submit_timeout<F>(
+        &self,
+        fut: F,
+        wait: Duration,
+    ) -> Result<JobHandle<F::Output>, SubmitError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.job(fut).submit_timeout(wait).await
+    }
+
+    /// Submits a job if there is queue space now; never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`TrySubmitError::Full`] if the queue is full (counted in
+    /// [`Stats::rejected`]), and [`TrySubmitError::Closed`] if the pool is closed.
+    /// The future comes back inside the error.
+    pub fn try_submit<F>(&self, fut: F) -> Result<JobHandle<F::Output>, TrySubmitError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.job(fut).try_submit()
+    }
+
+    /// Submits a job and waits for its result, in one call.
+    ///
+    /// # Errors
+    ///
+    /// A [`JobError`] saying why there is no output: [`JobError::Closed`] if the
+    /// pool was closed before it accepted the job.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping this future cancels the job, wherever it is: waiting for queue
+    /// space, queued, or running (dropped at its next `.await`).
+    pub async fn run<F>(&self, fut: F) -> Result<F::Output, JobError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.job(fut).run().await
+    }
+
+    /// Submits a job to run detached, fire-and-forget: the bounded replacement for
+    /// `tokio::spawn` in a loop. Waits for queue space, so a loop that spawns can go
+    /// no faster than the pool drains. The job's output is dropped; a panic is
+    /// counted and logged.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Closed`] if the pool is closed. The future comes back inside.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the call before it returns drops the job's future, un-run. Once it
+    /// has returned `Ok`, the job is accepted and only [`abort`](Pool::abort) (or a
+    /// shutdown deadline) stops it.
+    pub async fn spawn<F>(&self, fut: F) -> Result<(), SubmitError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.job(fut).spawn().await
+    }
+
+    /// Runs a blocking or CPU-bound closure on Tokio's blocking threads while it
+    /// holds one of this pool's worker slots, so CPU work and async work share one
+    /// limit. Waits for queue space like [`submit`](Pool::submit).
+    ///
+    /// A running closure cannot be interrupted. If the job times out, is cancelled,
+    /// or the pool is aborted, its handle resolves at once, but **its slot stays
+    /// taken until the closure returns**, so the limit still holds. A closure that
+    /// never returns holds its slot forever, and [`shutdown`](Pool::shutdown) waits for it.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::Closed`] if the pool is closed. The closure comes back inside.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`submit`](Pool::submit): dropping the call drops the closure un-run.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let pool = taskgate::Pool::new(2);
+    /// let sum = pool.submit_blocking(|| (1..=100u64).sum::<u64>()).await.unwrap();
+    /// assert_eq!(sum.await, Ok(5050));
+    /// # }
+    /// ```
+    pub async fn submit_blocking<C, T>(&self, f: C) -> Result<JobHandle<T>, SubmitError<C>>
+    where
+        C: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_work(BlockingWork::new(f), self.default_opts(), None)
+            .await
+            .map_err(|e| e.map(|w| w.into_inner().expect("an unstarted job keeps its closure")))
+    }
+
+    /// Closes the pool: no job is accepted after this returns, and submitters
+    /// already waiting for space wake with `Closed`. Jobs already accepted still
+    /// run. Calling it again does nothing.
+    pub fn close(&self) {
+        self.inner().close();
+    }
+
+    /// Whether the pool is closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner().is_closed()
+    }
+
+    /// Closes the pool, then waits until every accepted job has ended and every
+    /// worker task has exited.
+    ///
+    /// A pool paused with [`resize(0)`](Pool::resize) keeps its queued jobs, so
+    /// this waits until it is resized; use [`shutdown_timeout`](Pool::shutdown_timeout)
+    /// or [`abort`](Pool::abort) to bound the wait.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the pool is closed when the call is first polled, and dropping
+    /// the call only stops the waiting.
+    pub async fn shutdown(&self) {
+        self.inner().close();
+        self.wait_drained().await;
+    }
+
+    /// Closes the pool, lets accepted jobs run for up to `grace`, then cancels
+    /// whatever is left (as [`abort`](Pool::abort)) and waits for the workers to
+    /// exit. Reports how many jobs ended on their own during the drain and how many
+    /// were cancelled.
+    ///
+    /// Blocking closures cannot be interrupted, so the wait after the deadline lasts
+    /// until running closures return.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the call before the deadline leaves the pool closed but does not
+    /// cancel anything; after the deadline, the cancellation has already happened.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    ///
+    /// let pool = taskgate::Pool::new(2);
+    /// pool.spawn(async {}).await.unwrap();
+    /// pool.spawn(std::future::pending::<()>()).await.unwrap();
+    /// let report = pool.shutdown_timeout(Duration::from_secs(5)).await;
+    /// assert_eq!((report.completed, report.cancelled), (1, 1));
+    /// # }
+    /// ```
+    pub async fn shutdown_timeout(&self, grace: Duration) -> ShutdownReport {
+        let inner = self.inner();
+        let ended_before = inner.stats().ended();
+        let aborted_before = inner.aborted_count();
+        inner.close();
+        let drained = match Instant::now().checked_add(grace) {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.wait_drained())
+                .await
+                .is_ok(),
+            None => {
+                self.wait_drained().await;
+                true
+            }
+        };
+        if !drained {
+            inner.abort();
+            self.wait_drained().await;
+        }
+        let ended = inner.stats().ended().saturating_sub(ended_before);
+        let cancelled = inner.aborted_count().saturating_sub(aborted_before);
+        ShutdownReport {
+            completed: ended.saturating_sub(cancelled),
+            cancelled,
+        }
+    }
+
+    /// Closes the pool and cancels every queued and running job now. Queued jobs
+    /// never start; running jobs are dropped at their next `.await` (a running
+    /// blocking closure finishes, holding its slot). Every handle resolves as
+    /// [`JobError::Cancelled`]. Returns without waiting; await
+    /// [`shutdown`](Pool::shutdown) afterwards to wait for the workers to exit.
+    pub fn abort(&self) {
+        self.inner().abort();
+    }
+
+    /// Sets the number of workers. Growing starts queued jobs at once. Shrinking
+    /// never interrupts a running job: no new job starts until fewer than `workers`
+    /// are running, and surplus workers exit as their jobs end.
+    ///
+    /// `resize(0)` pauses the pool: jobs wait in the queue (and may still be
+    /// submitted up to its capacity) and none starts until the pool is resized
+    /// above zero.
+    pub fn resize(&self, workers: usize) {
+        self.inner().resize(workers);
+    }
+
+    /// A snapshot of the pool's state and counters.
+    pub fn stats(&self) -> Stats {
+        self.inner().stats()
+    }
+
+    /// The pool's name, as set by [`Builder::name`].
+    pub fn name(&self) -> &str {
+        &self.inner().name
+    }
+
+    /// Waits until nothing is queued and no worker is left.
+    async fn wait_drained(&self) {
+        let inner = self.inner();
+        loop {
+            let mut resized = pin!(inner.resized());
+            resized.as_mut().enable();
+            inner.wait_workers().await;
+            if inner.is_drained() {
+                return;
+            }
+            // Paused with jobs queued: nothing runs them until a resize or abort.
+            resized.await;
+        }
+    }
+
+    /// Submits `work` with a handle, waiting for space (at most `wait`, if given).
+    pub(crate) async fn submit_work<W: Work>(
+        &self,
+        work: W,
+        opts: JobOpts,
+        wait: Option<Duration>,
+    ) -> Result<JobHandle<W::Output>, SubmitError<W>> {
+        let now = Instant::now();
+        let shared = Arc::new(Shared::new());
+        let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
+        let id = self.enqueue(task, opts.queue_timeout, wait, now).await?;
+        Ok(JobHandle::new(shared, self.inner().clone(), JobId(id)))
+    }
+
+    /// Submits `work` with a handle if there is space now.
+    pub(crate) fn try_submit_work<W: Work>(
+        &self,
+        work: W,
+        opts: JobOpts,
+    ) -> Result<JobHandle<W::Output>, TrySubmitError<W>> {
+        let now = Instant::now();
+        let shared = Arc::new(Shared::new());
+        let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
+        let deadline = opts.queue_timeout.and_then(|d| now.checked_add(d));
+        match self.inner().push(task, deadline, None) {
+            Ok(id) => Ok(JobHandle::new(shared, self.inner().clone(), JobId(id))),
+            Err((Refused::Full, t)) => {
+                tracing::debug!(pool = %self.name(), "taskgate: try_submit refused: queue full");
+                Err(TrySubmitError::Full((*t).into_work()))
+            }
+            Err((Refused::Closed, t)) => Err(TrySubmitError::Closed((*t).into_work())),
+        }
+    }
+
+    /// Submits `work` detached (no handle), waiting for space.
+    pub(crate) async fn spawn_work<W: Work>(
+        &self,
+        work: W,
+        opts: JobOpts,
+    ) -> Result<(), SubmitError<W>> {
+        let now = Instant::now();
+        let task = Box::new(Task::new(work, None, opts.timeout, now));
+        self.enqueue(task, opts.queue_timeout, None, now).await?;
+        Ok(())
+    }
+
+    /// Pushes `task`, waiting for space while the queue is full.
+    async fn enqueue<W: Work>(
+        &self,
+        mut task: Box<Task<W>>,
+        queue_timeout: Option<Duration>,
+        wait: Option<Duration>,
+        now: Instant,
+    ) -> Result<u64, SubmitError<W>> {
+        let inner = self.inner();
+        let wait_deadline = wait.and_then(|w| now.checked_add(w));
+        let mut deadline = queue_timeout.and_then(|d| now.checked_add(d));
+        let mut guard = WaitGuard {
+            inner,
+            registered: false,
+        };
+        loop {
+            let mut space = pin!(inner.space());
+            // The first `Full` registers this call as a waiter under the lock; after
+            // that, enable the notification before each retry so none is missed.
+            let was_registered = guard.registered;
+            if was_registered {
+                space.as_mut().enable();
+            }
+            match inner.push(task, deadline, Some(&mut guard.registered)) {
+                Ok(id) => return Ok(id),
+                Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
+                Err((Refused::Full, t)) => task = t,
+            }
+            if !was_registered {
+                continue;
+            }
+            match wait_deadline {
+                Some(at) => {
+                    if tokio::time::timeout_at(at, space).await.is_err() {
+                        inner.count_rejected();
+                        tracing::debug!(pool = %self.name(), "taskgate: submit timed out waiting for queue space");
+                        return Err(SubmitError::Timeout((*task).into_work()));
+                    }
+                }
+                // No wait limit, or one too long to add to the clock.
+                None => space.await,
+            }
+            // Queue time counts from acceptance, not from the start of the wait.
+            let now = Instant::now();
+            task.set_submitted(now);
+            deadline = queue_timeout.and_then(|d| now.checked_add(d));
+        }
+    }
+}
+
+impl<W> SubmitError<W> {
+    pub(crate) fn map<F>(self, f: impl FnOnce(W) -> F) -> SubmitError<F> {
+        match self {
+            SubmitError::Closed(w) => SubmitError::Closed(f(w)),
+            SubmitError::Timeout(w) => SubmitError::Timeout(f(w)),
+        }
+    }
+}
+
+impl<W> TrySubmitError<W> {
+    pub(crate) fn map<F>(self, f: impl FnOnce(W) -> F) -> TrySubmitError<F> {
+        match self {
+            TrySubmitError::Full(w) => TrySubmitError::Full(f(w)),
+            TrySubmitError::Closed(w) => TrySubmitError::Closed(f(w)),
+        }
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.stats();
+        f.debug_struct("Pool")
+            .field("name", &self.name())
+            .field("workers", &s.workers)
+            .field("busy", &s.busy)
+            .field("queued", &s.queued)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

@@ -1,0 +1,602 @@
+//! The queue and the scheduler state shared by a pool's handles and workers: [`Inner`].
+//!
+//! One `std::sync::Mutex<State>` guards the queue, the worker accounting and the
+//! counters that producers update. It is held only for a few field updates and a
+//! `VecDeque` push or pop, never across an `.await`, a user callback, a wake, or a
+//! drop of user data. Per job it is taken twice: once to push, and once by the
+//! worker to finish its previous job and pop this one.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::error::JobError;
+use crate::job::{Job, Task, Work};
+use crate::stats::{Shard, Stats, Totals};
+
+/// One accepted job waiting in the queue.
+pub(crate) struct Queued {
+    /// Ids are assigned under the lock in push order, so the queue is sorted by id
+    /// and a job can be found by binary search.
+    pub(crate) id: u64,
+    /// When the job's queue timeout expires, if it has one.
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) job: Pin<Box<dyn Job>>,
+}
+
+/// Why a push was refused.
+pub(crate) enum Refused {
+    Full,
+    Closed,
+}
+
+/// A worker's entry in the scheduler.
+struct Slot {
+    /// The worker task's waker: to unpark it, or to interrupt its job on abort.
+    waker: Option<Waker>,
+    /// In the idle stack, waiting for a job.
+    parked: bool,
+    /// Woken (or spawned) to look for a job, and not yet checked in.
+    woken: bool,
+    shard: Arc<Shard>,
+}
+
+/// Something to do once the lock is released.
+enum Action {
+    Wake(Waker),
+    Spawn(usize, Arc<Shard>),
+}
+
+pub(crate) struct State {
+    queue: VecDeque<Queued>,
+    next_id: u64,
+    closed: bool,
+    /// Workers wanted (set by the builder and `resize`).
+    target: usize,
+    /// Worker tasks alive and not yet decided to exit.
+    live: usize,
+    /// Jobs running now.
+    busy: usize,
+    /// Workers woken or spawned that have not checked in yet.
+    searching: usize,
+    /// Parked workers, most recently parked last (reused first: its cache is warm).
+    idle: Vec<usize>,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<usize>,
+    /// Submitters waiting for queue space.
+    submit_waiters: usize,
+    /// Queue-timeout deadlines of queued jobs, earliest first.
+    deadlines: BTreeSet<(Instant, u64)>,
+    reaper_running: bool,
+    submitted: u64,
+    rejected: u64,
+    /// Jobs cancelled while queued (by their caller, or by abort).
+    cancelled: u64,
+    /// Of `cancelled`, those cancelled by abort.
+    aborted: u64,
+    queue_timed_out: u64,
+    /// Counters of workers that have exited.
+    retired: Shard,
+}
+
+impl State {
+    fn has_space(&self, capacity: usize) -> bool {
+        let free_workers = self.target.saturating_sub(self.busy);
+        self.queue.len() < capacity.saturating_add(free_workers)
+    }
+
+    /// Wakes or spawns one worker if a queued job has nobody coming for it.
+    fn dispatch(&mut self) -> Option<Action> {
+        if self.queue.len() <= self.searching
+            || self.busy.saturating_add(self.searching) >= self.target
+        {
+            return None;
+        }
+        if let Some(idx) = self.idle.pop() {
+            let slot = self.slots[idx].as_mut().expect("idle slot exists");
+            slot.parked = false;
+            slot.woken = true;
+            self.searching += 1;
+            return slot.waker.clone().map(Action::Wake);
+        }
+        if self.live < self.target {
+            self.live += 1;
+            self.searching += 1;
+            let shard = Arc::new(Shard::new());
+            let slot = Slot {
+                waker: None,
+                parked: false,
+                woken: true,
+                shard: shard.clone(),
+            };
+            let idx = match self.free_slots.pop() {
+                Some(i) => {
+                    self.slots[i] = Some(slot);
+                    i
+                }
+                None => {
+                    self.slots.push(Some(slot));
+                    self.slots.len() - 1
+                }
+            };
+            return Some(Action::Spawn(idx, shard));
+        }
+        None
+    }
+
+    /// Wakes every parked worker (to exit, or to re-check after close).
+    fn wake_idle(&mut self, out: &mut Vec<Action>) {
+        while let Some(idx) = self.idle.pop() {
+            let slot = self.slots[idx].as_mut().expect("idle slot exists");
+            slot.parked = false;
+            slot.woken = true;
+            self.searching += 1;
+            if let Some(w) = slot.waker.clone() {
+                out.push(Action::Wake(w));
+            }
+        }
+    }
+
+    fn remove_slot(&mut self, idx: usize) {
+        if let Some(slot) = self.slots[idx].take() {
+            self.retired.merge_from(&slot.shard);
+            if slot.woken {
+                self.searching -= 1;
+            }
+            self.idle.retain(|&i| i != idx);
+            self.free_slots.push(idx);
+        }
+    }
+
+    fn take_queued(&mut self, id: u64) -> Option<Queued> {
+        let pos = self.queue.binary_search_by_key(&id, |q| q.id).ok()?;
+        let q = self.queue.remove(pos)?;
+        if let Some(d) = q.deadline {
+            self.deadlines.remove(&(d, q.id));
+        }
+        Some(q)
+    }
+}
+
+/// The pool itself, shared by every [`Pool`](crate::Pool) clone, every
+/// [`JobHandle`](crate::JobHandle) and every worker.
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    /// Submitters waiting for queue space.
+    space: Notify,
+    /// Resizes, for a shutdown waiting on a paused pool.
+    resized: Notify,
+    /// New earliest queue deadline, or close, for the reaper.
+    reaper: Notify,
+    pub(crate) aborted: AtomicBool,
+    closed: AtomicBool,
+    rt: Handle,
+    tracker: TaskTracker,
+    pub(crate) name: Arc<str>,
+    pub(crate) capacity: usize,
+    pub(crate) job_timeout: Option<Duration>,
+    pub(crate) queue_timeout: Option<Duration>,
+}
+
+impl Inner {
+    pub(crate) fn new(
+        rt: Handle,
+        name: Arc<str>,
+        workers: usize,
+        capacity: usize,
+        job_timeout: Option<Duration>,
+        queue_timeout: Option<Duration>,
+    ) -> Self {
+        Inner {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                next_id: 1,
+                closed: false,
+                target: workers,
+                live: 0,
+                busy: 0,
+                searching: 0,
+                idle: Vec::new(),
+                slots: Vec::new(),
+                free_slots: Vec::new(),
+                submit_waiters: 0,
+                deadlines: BTreeSet::new(),
+                reaper_running: false,
+                submitted: 0,
+                rejected: 0,
+                cancelled: 0,
+                aborted: 0,
+                queue_timed_out: 0,
+                retired: Shard::new(),
+            }),
+            space: Notify::new(),
+            resized: Notify::new(),
+            reaper: Notify::new(),
+            aborted: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            rt,
+            tracker: TaskTracker::new(),
+            name,
+            capacity,
+            job_timeout,
+            queue_timeout,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while the lock is held, but a poisoned lock must not turn
+        // one failure into a cascade.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn act(self: &Arc<Self>, action: Action) {
+        match action {
+            Action::Wake(w) => w.wake(),
+            Action::Spawn(idx, shard) => crate::worker::spawn(self, &self.tracker, &self.rt, idx, shard),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Accepts a task into the queue, or hands it back.
+    ///
+    /// `waiting` is the caller's registration as a waiting submitter: set on the
+    /// first `Full`, so that workers know to notify `space` when a slot frees.
+    pub(crate) fn push<W: Work>(
+        self: &Arc<Self>,
+        task: Box<Task<W>>,
+        deadline: Option<Instant>,
+        waiting: Option<&mut bool>,
+    ) -> Result<u64, (Refused, Box<Task<W>>)> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err((Refused::Closed, task));
+        }
+        if !st.has_space(self.capacity) {
+            match waiting {
+                Some(w) => {
+                    if !*w {
+                        *w = true;
+                        st.submit_waiters += 1;
+                    }
+                }
+                None => st.rejected += 1,
+            }
+            return Err((Refused::Full, task));
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.submitted += 1;
+        let mut wake_reaper = false;
+        let mut spawn_reaper = false;
+        if let Some(d) = deadline {
+            wake_reaper = st.deadlines.first().is_none_or(|&(first, _)| d < first);
+            st.deadlines.insert((d, id));
+            if !st.reaper_running {
+                st.reaper_running = true;
+                spawn_reaper = true;
+            }
+        }
+        st.queue.push_back(Queued {
+            id,
+            deadline,
+            job: Box::into_pin(task as Box<dyn Job>),
+        });
+        let action = st.dispatch();
+        drop(st);
+        if let Some(a) = action {
+            self.act(a);
+        }
+        if spawn_reaper {
+            crate::worker::spawn_reaper(self, &self.tracker, &self.rt);
+        } else if wake_reaper {
+            self.reaper.notify_one();
+        }
+        Ok(id)
+    }
+
+    /// A waiting submitter gives up its registration.
+    pub(crate) fn stop_waiting(&self) {
+        self.lock().submit_waiters -= 1;
+    }
+
+    pub(crate) fn count_rejected(&self) {
+        self.lock().rejected += 1;
+    }
+
+    /// A future that completes when queue space may have freed, or the pool closed.
+    pub(crate) fn space(&self) -> tokio::sync::futures::Notified<'_> {
+        self.space.notified()
+    }
+
+    /// Called by a worker to finish its previous job (if `holds_slot`) and take the
+    /// next one. `Ready(None)` tells the worker to exit; it has been unregistered.
+    pub(crate) fn next_job(
+        self: &Arc<Self>,
+        idx: usize,
+        holds_slot: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Queued>> {
+        let mut st = self.lock();
+        let mut notify_space = false;
+        if *holds_slot {
+            *holds_slot = false;
+            st.busy -= 1;
+            notify_space = st.submit_waiters > 0;
+        }
+        let result = self.next_locked(&mut st, idx, holds_slot, cx);
+        // A worker that exits may leave a start slot that an idle worker can use.
+        let action = if matches!(result, Poll::Ready(None)) {
+            st.dispatch()
+        } else {
+            None
+        };
+        drop(st);
+        if let Some(a) = action {
+            self.act(a);
+        }
+        if notify_space {
+            self.space.notify_one();
+        }
+        result
+    }
+
+    fn next_locked(
+        &self,
+        st: &mut State,
+        idx: usize,
+        holds_slot: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Queued>> {
+        let slot = st.slots[idx].as_mut().expect("worker slot exists");
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        if slot.parked {
+            // Woken by something other than the scheduler (a finished job's
+            // leftover waker): stay parked.
+            return Poll::Pending;
+        }
+        if slot.woken {
+            slot.woken = false;
+            st.searching -= 1;
+        }
+        if st.live > st.target || (st.closed && st.queue.is_empty()) {
+            st.live -= 1;
+            st.remove_slot(idx);
+            return Poll::Ready(None);
+        }
+        if st.busy < st.target
+            && let Some(q) = st.queue.pop_front() {
+                st.busy += 1;
+                *holds_slot = true;
+                if let Some(d) = q.deadline {
+                    st.deadlines.remove(&(d, q.id));
+                }
+                return Poll::Ready(Some(q));
+            }
+        let slot = st.slots[idx].as_mut().expect("worker slot exists");
+        slot.parked = true;
+        st.idle.push(idx);
+        Poll::Pending
+    }
+
+    /// A worker task was dropped without exiting through `next_job`: its runtime is
+    /// shutting down. Nothing queued can run any more, so abort the pool; every
+    /// handle still awaited resolves as cancelled.
+    pub(crate) fn worker_lost(self: &Arc<Self>, idx: usize, holds_slot: bool) {
+        {
+            let mut st = self.lock();
+            if holds_slot {
+                st.busy -= 1;
+            }
+            st.live -= 1;
+            st.remove_slot(idx);
+        }
+        self.abort();
+    }
+
+    /// Takes a queued job out because its caller cancelled it.
+    pub(crate) fn cancel_queued(&self, id: u64) {
+        let mut st = self.lock();
+        let Some(q) = st.take_queued(id) else {
+            return;
+        };
+        st.cancelled += 1;
+        let notify = st.submit_waiters > 0;
+        drop(st);
+        if notify {
+            self.space.notify_one();
+        }
+        tracing::debug!(pool = %self.name, job = id, "taskgate: queued job cancelled by its caller");
+        let mut job = q.job;
+        job.as_mut().resolve_unstarted(JobError::Cancelled);
+    }
+
+    /// Expires due queue deadlines. Returns the next deadline, and whether the
+    /// reaper should exit.
+    pub(crate) fn reap(&self) -> (Option<Instant>, bool) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut st = self.lock();
+        while let Some(&(d, id)) = st.deadlines.first() {
+            if d > now {
+                break;
+            }
+            st.deadlines.pop_first();
+            if let Some(q) = st.take_queued(id) {
+                st.queue_timed_out += 1;
+                expired.push(q);
+            }
+        }
+        let next = st.deadlines.first().map(|&(d, _)| d);
+        let exit = st.closed && st.queue.is_empty();
+        if exit {
+            st.reaper_running = false;
+        }
+        let notify = !expired.is_empty() && st.submit_waiters > 0;
+        drop(st);
+        if notify {
+            self.space.notify_waiters();
+        }
+        for q in expired {
+            tracing::debug!(pool = %self.name, job = q.id, "taskgate: job timed out in the queue");
+            let mut job = q.job;
+            job.as_mut().resolve_unstarted(JobError::QueueTimedOut);
+        }
+        (next, exit)
+    }
+
+    pub(crate) fn reaper_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.reaper.notified()
+    }
+
+    pub(crate) fn close(&self) {
+        let mut actions = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            st.closed = true;
+            self.closed.store(true, Ordering::Release);
+            st.wake_idle(&mut actions);
+        }
+        self.tracker.close();
+        for a in actions {
+            if let Action::Wake(w) = a {
+                w.wake();
+            }
+        }
+        self.space.notify_waiters();
+        self.reaper.notify_one();
+        tracing::debug!(pool = %self.name, "taskgate: pool closed");
+    }
+
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        let mut wakers = Vec::new();
+        let drained: Vec<Queued> = {
+            let mut st = self.lock();
+            st.closed = true;
+            self.closed.store(true, Ordering::Release);
+            let drained: Vec<Queued> = st.queue.drain(..).collect();
+            st.deadlines.clear();
+            st.cancelled += drained.len() as u64;
+            st.aborted += drained.len() as u64;
+            let mut actions = Vec::new();
+            st.wake_idle(&mut actions);
+            for a in actions {
+                if let Action::Wake(w) = a {
+                    wakers.push(w);
+                }
+            }
+            // Interrupt running jobs: their workers see `aborted` at the next poll.
+            for slot in st.slots.iter().flatten() {
+                if let Some(w) = &slot.waker {
+                    wakers.push(w.clone());
+                }
+            }
+            drained
+        };
+        self.tracker.close();
+        if !drained.is_empty() {
+            tracing::debug!(pool = %self.name, jobs = drained.len(), "taskgate: pool aborted; queued jobs cancelled");
+        }
+        for q in drained {
+            let mut job = q.job;
+            job.as_mut().resolve_unstarted(JobError::Cancelled);
+        }
+        for w in wakers {
+            w.wake();
+        }
+        self.space.notify_waiters();
+        self.reaper.notify_one();
+    }
+
+    pub(crate) fn resize(self: &Arc<Self>, workers: usize) {
+        let mut actions = Vec::new();
+        let notify_space;
+        {
+            let mut st = self.lock();
+            let grew = workers > st.target;
+            st.target = workers;
+            if st.live > workers {
+                // Wake idle workers so the surplus can exit; busy ones exit when
+                // their job ends. Running jobs are never interrupted.
+                st.wake_idle(&mut actions);
+            }
+            while let Some(a) = st.dispatch() {
+                actions.push(a);
+            }
+            notify_space = grew && st.submit_waiters > 0;
+        }
+        for a in actions {
+            self.act(a);
+        }
+        if notify_space {
+            self.space.notify_waiters();
+        }
+        self.resized.notify_waiters();
+        tracing::debug!(pool = %self.name, workers, "taskgate: pool resized");
+    }
+
+    pub(crate) fn resized(&self) -> tokio::sync::futures::Notified<'_> {
+        self.resized.notified()
+    }
+
+    /// Whether nothing is queued and no worker task is left.
+    pub(crate) fn is_drained(&self) -> bool {
+        let st = self.lock();
+        st.queue.is_empty() && st.live == 0 && st.busy == 0
+    }
+
+    pub(crate) async fn wait_workers(&self) {
+        self.tracker.wait().await;
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut totals = Totals::new();
+        let st = self.lock();
+        totals.add(&st.retired);
+        for slot in st.slots.iter().flatten() {
+            totals.add(&slot.shard);
+        }
+        Stats {
+            workers: st.target.max(st.busy),
+            busy: st.busy,
+            queued: st.queue.len(),
+            submitted: st.submitted,
+            completed: totals.completed,
+            cancelled: totals.cancelled + st.cancelled,
+            timed_out: totals.timed_out,
+            queue_timed_out: st.queue_timed_out,
+            panicked: totals.panicked,
+            rejected: st.rejected,
+            queue_wait: totals.queue_wait(),
+            run_time: totals.run_time(),
+        }
+    }
+
+    /// Jobs cancelled by abort so far, queued and running.
+    pub(crate) fn aborted_count(&self) -> u64 {
+        let st = self.lock();
+        let mut totals = Totals::new();
+        totals.add(&st.retired);
+        for slot in st.slots.iter().flatten() {
+            totals.add(&slot.shard);
+        }
+        st.aborted + totals.aborted
+    }
+}

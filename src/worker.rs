@@ -1,0 +1,97 @@
+//! The worker loop, and the reaper that expires queue timeouts.
+//!
+//! A worker is a long-lived Tokio task. It asks the scheduler for a job
+//! ([`Inner::next_job`], which also finishes its previous one), claims it, and polls
+//! it to its outcome on its own task. Workers are spawned lazily, the first time a
+//! queued job finds no idle worker and the pool is below its size, and exit when the
+//! pool shrinks below them or closes with an empty queue.
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::job::RunCtx;
+use crate::queue::Inner;
+use crate::stats::Shard;
+
+/// Unregisters a worker that is dropped without exiting normally (its runtime is
+/// shutting down).
+struct WorkerGuard {
+    inner: Arc<Inner>,
+    idx: usize,
+    /// The worker has a job counted in `busy`.
+    holds_slot: bool,
+    exited: bool,
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        if !self.exited {
+            self.inner.worker_lost(self.idx, self.holds_slot);
+        }
+    }
+}
+
+/// Spawns worker `idx`. The guard is created here, outside the task, so that a task
+/// dropped before its first poll still unregisters.
+pub(crate) fn spawn(inner: &Arc<Inner>, tracker: &TaskTracker, rt: &Handle, idx: usize, shard: Arc<Shard>) {
+    let guard = WorkerGuard {
+        inner: inner.clone(),
+        idx,
+        holds_slot: false,
+        exited: false,
+    };
+    tracker.spawn_on(run(guard, shard), rt);
+}
+
+async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
+    let inner = guard.inner.clone();
+    loop {
+        let next = poll_fn(|cx| inner.next_job(guard.idx, &mut guard.holds_slot, cx)).await;
+        let Some(queued) = next else {
+            guard.exited = true;
+            return;
+        };
+        let mut job = queued.job;
+        let started = Instant::now();
+        let ctx = RunCtx {
+            shard: &shard,
+            aborted: &inner.aborted,
+            started,
+        };
+        if !job.as_mut().begin(&inner.name, queued.id, &ctx) {
+            continue;
+        }
+        shard.record_queue_wait(started.saturating_duration_since(job.submitted()));
+        poll_fn(|cx| job.as_mut().poll_run(cx, &ctx)).await;
+    }
+}
+
+/// Spawns the task that expires queue timeouts. There is at most one per pool; it
+/// starts with the first job that has a queue timeout.
+pub(crate) fn spawn_reaper(inner: &Arc<Inner>, tracker: &TaskTracker, rt: &Handle) {
+    tracker.spawn_on(reaper(inner.clone()), rt);
+}
+
+async fn reaper(inner: Arc<Inner>) {
+    loop {
+        // `notify_one` stores a permit, so a deadline added between `reap` and the
+        // wait below is not missed.
+        let (next, exit) = inner.reap();
+        if exit {
+            return;
+        }
+        let notified = inner.reaper_notified();
+        match next {
+            Some(at) => {
+                let sleep = pin!(tokio::time::sleep_until(at));
+                futures::future::select(sleep, pin!(notified)).await;
+            }
+            None => notified.await,
+        }
+    }
+}
