@@ -163,6 +163,8 @@ impl<C, T> Unpin for BlockingWork<C, T> {}
 /// What a worker lends a job while it runs it.
 pub(crate) struct RunCtx<'a> {
     pub(crate) shard: &'a Shard,
+    /// The job's `taskgate.job` span, from [`Job::begin`].
+    pub(crate) span: &'a Span,
     pub(crate) aborted: &'a AtomicBool,
     pub(crate) started: Instant,
 }
@@ -172,15 +174,15 @@ pub(crate) trait Job: Send {
     /// When the job was accepted.
     fn submitted(&self) -> Instant;
 
-    /// Claims the job for running. Returns `false` if its caller cancelled it first;
-    /// the job is then resolved as cancelled (and counted in `ctx.shard`), and must
-    /// not be polled.
-    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, ctx: &RunCtx<'_>) -> bool;
+    /// Claims the job for running and returns its `taskgate.job` span. Returns
+    /// `None` if its caller cancelled it first; the job is then resolved as
+    /// cancelled (and counted in `shard`), and must not be polled.
+    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, shard: &Shard) -> Option<Span>;
 
     /// Drives the job to its outcome: output, panic, timeout, cancel or abort. The
-    /// outcome is counted in `ctx.shard` before the handle is resolved, and the
-    /// work is dropped before this returns `Ready`.
-    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &RunCtx<'_>) -> Poll<()>;
+    /// outcome is counted in `ctx.shard` before the handle is resolved, and the work
+    /// is dropped before this returns `Ready` with the time the job ended.
+    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &RunCtx<'_>) -> Poll<Instant>;
 
     /// Resolves a job that never started (taken out of the queue) with `err`,
     /// dropping its work first. The caller has already counted it.
@@ -188,19 +190,23 @@ pub(crate) trait Job: Send {
 }
 
 pin_project! {
-    /// The envelope for one job.
+    /// The envelope for one job. Kept small (under glibc's 128-byte fast-bin size
+    /// for a small future), since one is allocated per job and freed on another
+    /// thread.
     #[project = TaskProj]
     pub(crate) struct Task<W: Work> {
         #[pin]
         work: Option<W>,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed, and only when the job has a run timeout: most jobs never pay for
+        // a timer.
+        sleep: Option<Pin<Box<Sleep>>>,
         shared: Option<Arc<Shared<W::Output>>>,
         timeout: Option<Duration>,
         submitted: Instant,
-        parent: Span,
-        span: Span,
-        // The outcome, once decided, while uninterruptible work finishes.
+        // The span current at submit, if any. Boxed: `None` costs nothing when
+        // tracing is off.
+        parent: Option<Box<Span>>,
+        // The outcome is decided and counted; uninterruptible work is finishing.
         lingering: bool,
         // Whether the worker's waker is registered in `shared` for cancels.
         registered: bool,
@@ -212,9 +218,10 @@ pin_project! {
             // net for the rest: a worker dropped mid-job by a runtime shutdown.
             let this = this.project();
             if let Some(shared) = this.shared.take()
-                && !shared.is_complete() {
-                    drop_quietly(shared.complete(Err(JobError::Cancelled)));
-                }
+                && !shared.is_complete()
+            {
+                drop_quietly(shared.complete(Err(JobError::Cancelled)));
+            }
         }
     }
 }
@@ -226,14 +233,14 @@ impl<W: Work> Task<W> {
         timeout: Option<Duration>,
         submitted: Instant,
     ) -> Self {
+        let current = Span::current();
         Task {
             work: Some(work),
             sleep: None,
             shared,
             timeout,
             submitted,
-            parent: Span::current(),
-            span: Span::none(),
+            parent: (!current.is_none()).then(|| Box::new(current)),
             lingering: false,
             registered: false,
         }
@@ -253,50 +260,59 @@ impl<W: Work> Task<W> {
 }
 
 /// Ends a running job: counts the outcome, drops the work (unless it must linger),
-/// then resolves the handle.
+/// then resolves the handle. Returns the time the job ended.
 fn settle<W: Work>(
     this: &mut TaskProj<'_, W>,
     ctx: &RunCtx<'_>,
     outcome: Outcome,
     result: Result<W::Output, JobError>,
-) {
+) -> Instant {
+    let now = Instant::now();
     ctx.shard.record(outcome);
-    ctx.shard.record_run_time(Instant::now().saturating_duration_since(ctx.started));
-    match outcome {
-        Outcome::Completed => {}
-        Outcome::Panicked => {
-            if let Err(JobError::Panicked(msg)) = &result {
-                tracing::warn!(parent: &*this.span, panic = %msg, "taskgate: job panicked");
-            }
+    ctx.shard
+        .record_run_time(now.saturating_duration_since(ctx.started));
+    match (&outcome, &result) {
+        (Outcome::Panicked, Err(JobError::Panicked(msg))) => {
+            tracing::warn!(parent: ctx.span, panic = %msg, "taskgate: job panicked");
         }
-        Outcome::TimedOut => tracing::debug!(parent: &*this.span, "taskgate: job timed out"),
-        Outcome::Cancelled | Outcome::Aborted => {
-            tracing::debug!(parent: &*this.span, aborted = outcome == Outcome::Aborted, "taskgate: running job cancelled")
+        (Outcome::TimedOut, _) => tracing::debug!(parent: ctx.span, "taskgate: job timed out"),
+        (Outcome::Cancelled, _) => {
+            tracing::debug!(parent: ctx.span, "taskgate: running job cancelled by its caller")
         }
+        (Outcome::Aborted, _) => {
+            tracing::debug!(parent: ctx.span, "taskgate: running job cancelled by abort")
+        }
+        _ => {}
     }
-    let lingers =
-        W::LINGERS && matches!(outcome, Outcome::Cancelled | Outcome::Aborted | Outcome::TimedOut);
+    let lingers = W::LINGERS
+        && matches!(
+            outcome,
+            Outcome::Cancelled | Outcome::Aborted | Outcome::TimedOut
+        );
     if lingers {
-        // Uninterruptible work keeps its slot; an async future is dropped at once.
+        // Uninterruptible work keeps its slot until it returns.
         *this.lingering = true;
     } else {
         drop_work(this.work.as_mut());
     }
-    this.sleep.set(None);
-    if let Some(shared) = this.shared.as_ref() {
-        if let Some(unread) = shared.complete(result) {
-            drop_quietly(unread);
+    *this.sleep = None;
+    match this.shared.as_ref() {
+        Some(shared) => {
+            if let Some(unread) = shared.complete(result) {
+                drop_quietly(unread);
+            }
         }
-    } else {
-        drop_quietly(result);
+        None => drop_quietly(result),
     }
+    now
 }
 
 fn drop_work<W>(mut work: Pin<&mut Option<W>>) {
     if work.is_some()
-        && let Err(p) = catch_unwind(AssertUnwindSafe(|| work.set(None))) {
-            tracing::warn!(panic = %panic_message(&*p), "taskgate: a job's future panicked while dropped");
-        }
+        && let Err(p) = catch_unwind(AssertUnwindSafe(|| work.set(None)))
+    {
+        tracing::warn!(panic = %panic_message(&*p), "taskgate: a job's future panicked while dropped");
+    }
 }
 
 impl<W: Work> Job for Task<W> {
@@ -304,26 +320,34 @@ impl<W: Work> Job for Task<W> {
         self.submitted
     }
 
-    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, ctx: &RunCtx<'_>) -> bool {
+    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, shard: &Shard) -> Option<Span> {
         let mut this = self.project();
         if let Some(shared) = this.shared.as_ref()
-            && !shared.claim_start() {
-                ctx.shard.record(Outcome::Cancelled);
-                tracing::debug!(pool, job = id, "taskgate: queued job cancelled by its caller");
-                drop_work(this.work.as_mut());
-                if let Some(unread) = shared.complete(Err(JobError::Cancelled)) {
-                    drop_quietly(unread);
-                }
-                return false;
+            && !shared.claim_start()
+        {
+            shard.record(Outcome::Cancelled);
+            tracing::debug!(
+                pool,
+                job = id,
+                "taskgate: queued job cancelled by its caller"
+            );
+            drop_work(this.work.as_mut());
+            if let Some(unread) = shared.complete(Err(JobError::Cancelled)) {
+                drop_quietly(unread);
             }
-        *this.span = tracing::debug_span!(parent: &*this.parent, "taskgate.job", pool, job = id);
-        if let Some(t) = *this.timeout {
-            this.sleep.set(Some(tokio::time::sleep(t)));
+            return None;
         }
-        true
+        if let Some(t) = *this.timeout {
+            *this.sleep = Some(Box::pin(tokio::time::sleep(t)));
+        }
+        let parent = this.parent.take();
+        Some(match parent.as_deref() {
+            Some(parent) => tracing::debug_span!(parent: parent, "taskgate.job", pool, job = id),
+            None => tracing::debug_span!(parent: None, "taskgate.job", pool, job = id),
+        })
     }
 
-    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &RunCtx<'_>) -> Poll<()> {
+    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &RunCtx<'_>) -> Poll<Instant> {
         let mut this = self.project();
         loop {
             if *this.lingering {
@@ -331,7 +355,7 @@ impl<W: Work> Job for Task<W> {
                     ready!(w.poll_linger(cx));
                 }
                 drop_work(this.work.as_mut());
-                return Poll::Ready(());
+                return Poll::Ready(Instant::now());
             }
             let aborted = ctx.aborted.load(Relaxed);
             if aborted || this.shared.as_ref().is_some_and(|s| s.is_cancelled()) {
@@ -340,48 +364,48 @@ impl<W: Work> Job for Task<W> {
                 } else {
                     Outcome::Cancelled
                 };
-                settle(&mut this, ctx, outcome, Err(JobError::Cancelled));
+                let ended = settle(&mut this, ctx, outcome, Err(JobError::Cancelled));
                 if *this.lingering {
                     continue;
                 }
-                return Poll::Ready(());
+                return Poll::Ready(ended);
             }
             let Some(work) = this.work.as_mut().as_pin_mut() else {
-                return Poll::Ready(());
+                return Poll::Ready(Instant::now());
             };
             let polled = {
-                let _enter = this.span.enter();
+                let _enter = ctx.span.enter();
                 work.poll_work(cx)
             };
             match polled {
                 Poll::Ready(Ok(v)) => {
-                    settle(&mut this, ctx, Outcome::Completed, Ok(v));
-                    return Poll::Ready(());
+                    return Poll::Ready(settle(&mut this, ctx, Outcome::Completed, Ok(v)));
                 }
                 Poll::Ready(Err(e)) => {
-                    settle(&mut this, ctx, Outcome::Panicked, Err(e));
-                    return Poll::Ready(());
+                    return Poll::Ready(settle(&mut this, ctx, Outcome::Panicked, Err(e)));
                 }
                 Poll::Pending => {}
             }
             if !*this.registered
-                && let Some(shared) = this.shared.as_ref() {
-                    // Registered lazily: a job that finishes in its first poll never
-                    // pays for it. Re-check after registering so no cancel is missed.
-                    shared.register_worker(cx.waker());
-                    *this.registered = true;
-                    if shared.is_cancelled() {
-                        continue;
-                    }
+                && let Some(shared) = this.shared.as_ref()
+            {
+                // Registered lazily: a job that finishes in its first poll never pays
+                // for it. Re-check after registering so no cancel is missed.
+                shared.register_worker(cx.waker());
+                *this.registered = true;
+                if shared.is_cancelled() {
+                    continue;
                 }
-            if let Some(sleep) = this.sleep.as_mut().as_pin_mut()
-                && sleep.poll(cx).is_ready() {
-                    settle(&mut this, ctx, Outcome::TimedOut, Err(JobError::TimedOut));
-                    if *this.lingering {
-                        continue;
-                    }
-                    return Poll::Ready(());
+            }
+            if let Some(sleep) = this.sleep.as_mut()
+                && sleep.as_mut().poll(cx).is_ready()
+            {
+                let ended = settle(&mut this, ctx, Outcome::TimedOut, Err(JobError::TimedOut));
+                if *this.lingering {
+                    continue;
                 }
+                return Poll::Ready(ended);
+            }
             return Poll::Pending;
         }
     }
@@ -390,8 +414,9 @@ impl<W: Work> Job for Task<W> {
         let mut this = self.project();
         drop_work(this.work.as_mut());
         if let Some(shared) = this.shared.as_ref()
-            && let Some(unread) = shared.complete(Err(err)) {
-                drop_quietly(unread);
-            }
+            && let Some(unread) = shared.complete(Err(err))
+        {
+            drop_quietly(unread);
+        }
     }
 }

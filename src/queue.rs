@@ -93,11 +93,14 @@ impl State {
         self.queue.len() < capacity.saturating_add(free_workers)
     }
 
-    /// Wakes or spawns one worker if a queued job has nobody coming for it.
+    /// Wakes or spawns one worker if queued jobs have nobody coming for them.
+    ///
+    /// At most one worker is searching at a time: a worker that takes a job wakes
+    /// the next one if more are queued (see `next_job`). A burst of submissions
+    /// therefore wakes workers one hop at a time, as many as the jobs keep busy,
+    /// instead of waking every idle worker at once only for most to find nothing.
     fn dispatch(&mut self) -> Option<Action> {
-        if self.queue.len() <= self.searching
-            || self.busy.saturating_add(self.searching) >= self.target
-        {
+        if self.queue.is_empty() || self.searching > 0 || self.busy >= self.target {
             return None;
         }
         if let Some(idx) = self.idle.pop() {
@@ -166,10 +169,17 @@ impl State {
     }
 }
 
+/// Aligns its content to two cache lines (the unit the adjacent-line prefetcher
+/// pulls in), so that it shares no line with its neighbours.
+#[repr(align(128))]
+struct Padded<T>(T);
+
 /// The pool itself, shared by every [`Pool`](crate::Pool) clone, every
 /// [`JobHandle`](crate::JobHandle) and every worker.
 pub(crate) struct Inner {
-    state: Mutex<State>,
+    /// On its own cache lines: producers and workers bounce this line between
+    /// cores on every job, and the read-mostly fields below should not ride along.
+    state: Padded<Mutex<State>>,
     /// Submitters waiting for queue space.
     space: Notify,
     /// Resizes, for a shutdown waiting on a paused pool.
@@ -196,7 +206,7 @@ impl Inner {
         queue_timeout: Option<Duration>,
     ) -> Self {
         Inner {
-            state: Mutex::new(State {
+            state: Padded(Mutex::new(State {
                 queue: VecDeque::new(),
                 next_id: 1,
                 closed: false,
@@ -216,7 +226,7 @@ impl Inner {
                 aborted: 0,
                 queue_timed_out: 0,
                 retired: Shard::new(),
-            }),
+            })),
             space: Notify::new(),
             resized: Notify::new(),
             reaper: Notify::new(),
@@ -234,13 +244,15 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics while the lock is held, but a poisoned lock must not turn
         // one failure into a cascade.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn act(self: &Arc<Self>, action: Action) {
         match action {
             Action::Wake(w) => w.wake(),
-            Action::Spawn(idx, shard) => crate::worker::spawn(self, &self.tracker, &self.rt, idx, shard),
+            Action::Spawn(idx, shard) => {
+                crate::worker::spawn(self, &self.tracker, &self.rt, idx, shard)
+            }
         }
     }
 
@@ -335,8 +347,9 @@ impl Inner {
             notify_space = st.submit_waiters > 0;
         }
         let result = self.next_locked(&mut st, idx, holds_slot, cx);
-        // A worker that exits may leave a start slot that an idle worker can use.
-        let action = if matches!(result, Poll::Ready(None)) {
+        // A worker that took a job hands the search on if more are queued; one
+        // that exits may leave a start slot that an idle worker can use.
+        let action = if result.is_ready() {
             st.dispatch()
         } else {
             None
@@ -378,14 +391,15 @@ impl Inner {
             return Poll::Ready(None);
         }
         if st.busy < st.target
-            && let Some(q) = st.queue.pop_front() {
-                st.busy += 1;
-                *holds_slot = true;
-                if let Some(d) = q.deadline {
-                    st.deadlines.remove(&(d, q.id));
-                }
-                return Poll::Ready(Some(q));
+            && let Some(q) = st.queue.pop_front()
+        {
+            st.busy += 1;
+            *holds_slot = true;
+            if let Some(d) = q.deadline {
+                st.deadlines.remove(&(d, q.id));
             }
+            return Poll::Ready(Some(q));
+        }
         let slot = st.slots[idx].as_mut().expect("worker slot exists");
         slot.parked = true;
         st.idle.push(idx);

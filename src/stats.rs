@@ -172,10 +172,14 @@ impl Shard {
 
     /// Folds `other` into this shard; safe with several writers.
     pub(crate) fn merge_from(&self, other: &Shard) {
-        self.completed.fetch_add(other.completed.load(Relaxed), Relaxed);
-        self.cancelled.fetch_add(other.cancelled.load(Relaxed), Relaxed);
-        self.timed_out.fetch_add(other.timed_out.load(Relaxed), Relaxed);
-        self.panicked.fetch_add(other.panicked.load(Relaxed), Relaxed);
+        self.completed
+            .fetch_add(other.completed.load(Relaxed), Relaxed);
+        self.cancelled
+            .fetch_add(other.cancelled.load(Relaxed), Relaxed);
+        self.timed_out
+            .fetch_add(other.timed_out.load(Relaxed), Relaxed);
+        self.panicked
+            .fetch_add(other.panicked.load(Relaxed), Relaxed);
         self.aborted.fetch_add(other.aborted.load(Relaxed), Relaxed);
         self.queue_wait.merge_from(&other.queue_wait);
         self.run_time.merge_from(&other.run_time);
@@ -216,7 +220,8 @@ impl Totals {
         self.timed_out += s.timed_out.load(Relaxed);
         self.panicked += s.panicked.load(Relaxed);
         self.aborted += s.aborted.load(Relaxed);
-        s.queue_wait.add_into(&mut self.wait_counts, &mut self.wait_max);
+        s.queue_wait
+            .add_into(&mut self.wait_counts, &mut self.wait_max);
         s.run_time.add_into(&mut self.run_counts, &mut self.run_max);
     }
 
@@ -322,7 +327,19 @@ mod tests {
             assert_eq!(Histogram::index(up), i, "upper edge of bucket {i}");
             prev = Some(up);
         }
-        for ns in [0u64, 1, 3, 4, 5, 7, 8, 1000, 1_000_000, 123_456_789, u64::MAX] {
+        for ns in [
+            0u64,
+            1,
+            3,
+            4,
+            5,
+            7,
+            8,
+            1000,
+            1_000_000,
+            123_456_789,
+            u64::MAX,
+        ] {
             let i = Histogram::index(ns);
             assert!(i < BUCKETS);
             if ns < (1 << MAX_EXP) {
