@@ -193,14 +193,19 @@ pin_project! {
     /// The envelope for one job. Kept small (under glibc's 128-byte fast-bin size
     /// for a small future), since one is allocated per job and freed on another
     /// thread.
+    //
+    // No trait bounds on the struct: a bound here (`W: Work`, whose output is
+    // `'static`) makes rustc fail to prove `Send` for `async` callers holding a
+    // task across an `.await` when the output is a reference ("implementation of
+    // `Send` is not general enough").
     #[project = TaskProj]
-    pub(crate) struct Task<W: Work> {
+    pub(crate) struct Task<W, T> {
         #[pin]
         work: Option<W>,
         // Boxed, and only when the job has a run timeout: most jobs never pay for
         // a timer.
         sleep: Option<Pin<Box<Sleep>>>,
-        shared: Option<Arc<Shared<W::Output>>>,
+        shared: Option<Arc<Shared<T>>>,
         timeout: Option<Duration>,
         submitted: Instant,
         // The span current at submit, if any. Boxed: `None` costs nothing when
@@ -212,7 +217,7 @@ pin_project! {
         registered: bool,
     }
 
-    impl<W: Work> PinnedDrop for Task<W> {
+    impl<W, T> PinnedDrop for Task<W, T> {
         fn drop(this: Pin<&mut Self>) {
             // Every path resolves the handle before dropping the task. This is the
             // net for the rest: a worker dropped mid-job by a runtime shutdown.
@@ -226,10 +231,10 @@ pin_project! {
     }
 }
 
-impl<W: Work> Task<W> {
+impl<W, T> Task<W, T> {
     pub(crate) fn new(
         work: W,
-        shared: Option<Arc<Shared<W::Output>>>,
+        shared: Option<Arc<Shared<T>>>,
         timeout: Option<Duration>,
         submitted: Instant,
     ) -> Self {
@@ -262,7 +267,7 @@ impl<W: Work> Task<W> {
 /// Ends a running job: counts the outcome, drops the work (unless it must linger),
 /// then resolves the handle. Returns the time the job ended.
 fn settle<W: Work>(
-    this: &mut TaskProj<'_, W>,
+    this: &mut TaskProj<'_, W, W::Output>,
     ctx: &RunCtx<'_>,
     outcome: Outcome,
     result: Result<W::Output, JobError>,
@@ -315,7 +320,7 @@ fn drop_work<W>(mut work: Pin<&mut Option<W>>) {
     }
 }
 
-impl<W: Work> Job for Task<W> {
+impl<W: Work> Job for Task<W, W::Output> {
     fn submitted(&self) -> Instant {
         self.submitted
     }

@@ -426,12 +426,21 @@ impl Pool {
     }
 
     /// Submits `work` with a handle, waiting for space (at most `wait`, if given).
-    pub(crate) async fn submit_work<W: Work>(
+    ///
+    /// The output is a separate parameter `T`, not `W::Output`: a projection held
+    /// across an `.await` makes rustc demand `'static` of erased lifetimes, and
+    /// callers inside `tokio::spawn` with a `&'static str` output would fail to
+    /// compile ("implementation of `Send` is not general enough").
+    pub(crate) async fn submit_work<W, T>(
         &self,
         work: W,
         opts: JobOpts,
         wait: Option<Duration>,
-    ) -> Result<JobHandle<W::Output>, SubmitError<W>> {
+    ) -> Result<JobHandle<T>, SubmitError<W>>
+    where
+        W: Work<Output = T>,
+        T: Send + 'static,
+    {
         let now = Instant::now();
         let shared = Arc::new(Shared::new());
         let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
@@ -440,11 +449,15 @@ impl Pool {
     }
 
     /// Submits `work` with a handle if there is space now.
-    pub(crate) fn try_submit_work<W: Work>(
+    pub(crate) fn try_submit_work<W, T>(
         &self,
         work: W,
         opts: JobOpts,
-    ) -> Result<JobHandle<W::Output>, TrySubmitError<W>> {
+    ) -> Result<JobHandle<T>, TrySubmitError<W>>
+    where
+        W: Work<Output = T>,
+        T: Send + 'static,
+    {
         let now = Instant::now();
         let shared = Arc::new(Shared::new());
         let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
@@ -460,25 +473,33 @@ impl Pool {
     }
 
     /// Submits `work` detached (no handle), waiting for space.
-    pub(crate) async fn spawn_work<W: Work>(
+    pub(crate) async fn spawn_work<W, T>(
         &self,
         work: W,
         opts: JobOpts,
-    ) -> Result<(), SubmitError<W>> {
+    ) -> Result<(), SubmitError<W>>
+    where
+        W: Work<Output = T>,
+        T: Send + 'static,
+    {
         let now = Instant::now();
-        let task = Box::new(Task::new(work, None, opts.timeout, now));
+        let task: Box<Task<W, T>> = Box::new(Task::new(work, None, opts.timeout, now));
         self.enqueue(task, opts.queue_timeout, None, now).await?;
         Ok(())
     }
 
     /// Pushes `task`, waiting for space while the queue is full.
-    async fn enqueue<W: Work>(
+    async fn enqueue<W, T>(
         &self,
-        mut task: Box<Task<W>>,
+        mut task: Box<Task<W, T>>,
         queue_timeout: Option<Duration>,
         wait: Option<Duration>,
         now: Instant,
-    ) -> Result<u64, SubmitError<W>> {
+    ) -> Result<u64, SubmitError<W>>
+    where
+        W: Work<Output = T>,
+        T: Send + 'static,
+    {
         let inner = self.inner();
         let wait_deadline = wait.and_then(|w| now.checked_add(w));
         let mut deadline = queue_timeout.and_then(|d| now.checked_add(d));

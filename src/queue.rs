@@ -264,12 +264,16 @@ impl Inner {
     ///
     /// `waiting` is the caller's registration as a waiting submitter: set on the
     /// first `Full`, so that workers know to notify `space` when a slot frees.
-    pub(crate) fn push<W: Work>(
+    pub(crate) fn push<W, T>(
         self: &Arc<Self>,
-        task: Box<Task<W>>,
+        task: Box<Task<W, T>>,
         deadline: Option<Instant>,
         waiting: Option<&mut bool>,
-    ) -> Result<u64, (Refused, Box<Task<W>>)> {
+    ) -> Result<u64, (Refused, Box<Task<W, T>>)>
+    where
+        W: Work<Output = T>,
+        T: Send + 'static,
+    {
         let mut st = self.lock();
         if st.closed {
             return Err((Refused::Closed, task));
