@@ -264,7 +264,8 @@ pub struct Stats {
     /// Workers in service: the size set by the builder or [`resize`](crate::Pool::resize),
     /// or more while jobs that were running when the pool shrank finish. Always `>= busy`.
     pub workers: usize,
-    /// Jobs running now.
+    /// Jobs running now. A job counts from when a worker takes it until the worker
+    /// is free for the next one, which is just after the job's handle resolves.
     pub busy: usize,
     /// Jobs accepted and waiting in the queue.
     pub queued: usize,
