@@ -20,7 +20,9 @@ async fn process(item: u64, checksum: Arc<AtomicU64>) {
     // A little CPU work on the response.
     let mut h = item;
     for _ in 0..100 {
-        h = h.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        h = h
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
     }
     checksum.fetch_add(h % 1000, Ordering::Relaxed);
 }

@@ -34,7 +34,13 @@ async fn futures_are_send_even_with_borrowed_static_outputs() {
     let joined = tokio::spawn(async move {
         let a = p.submit(async { "a" }).await.unwrap().await.unwrap();
         let b = p.run(async { "b" }).await.unwrap();
-        let c = p.job(async { "c" }).submit_timeout(std::time::Duration::from_secs(1)).await.unwrap().await.unwrap();
+        let c = p
+            .job(async { "c" })
+            .submit_timeout(std::time::Duration::from_secs(1))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
         let d = p.submit_blocking(|| "d").await.unwrap().await.unwrap();
         p.spawn(async { "e" }).await.unwrap();
         format!("{a}{b}{c}{d}")
@@ -48,11 +54,17 @@ fn errors_display_lowercase_without_a_period_and_debug_without_the_job() {
     let cases: Vec<(Box<dyn Error>, &str)> = vec![
         (Box::new(JobError::Cancelled), "job cancelled"),
         (Box::new(JobError::TimedOut), "job timed out"),
-        (Box::new(JobError::QueueTimedOut), "job timed out in the queue"),
+        (
+            Box::new(JobError::QueueTimedOut),
+            "job timed out in the queue",
+        ),
         (Box::new(JobError::Panicked("x".into())), "job panicked: x"),
         (Box::new(JobError::Closed), "pool closed"),
         (Box::new(SubmitError::Closed(NotDebug)), "pool closed"),
-        (Box::new(SubmitError::Timeout(NotDebug)), "timed out waiting for queue space"),
+        (
+            Box::new(SubmitError::Timeout(NotDebug)),
+            "timed out waiting for queue space",
+        ),
         (Box::new(TrySubmitError::Full(NotDebug)), "queue full"),
         (Box::new(TrySubmitError::Closed(NotDebug)), "pool closed"),
     ];
@@ -60,7 +72,10 @@ fn errors_display_lowercase_without_a_period_and_debug_without_the_job() {
         assert_eq!(e.to_string(), want);
         assert!(e.source().is_none());
     }
-    assert_eq!(format!("{:?}", SubmitError::Timeout(NotDebug)), "Timeout(..)");
+    assert_eq!(
+        format!("{:?}", SubmitError::Timeout(NotDebug)),
+        "Timeout(..)"
+    );
     assert_eq!(format!("{:?}", TrySubmitError::Full(NotDebug)), "Full(..)");
     assert!(SubmitError::Closed(NotDebug).is_closed());
     assert!(TrySubmitError::Closed(NotDebug).is_closed());
@@ -74,6 +89,10 @@ async fn debug_output_is_useful() {
     assert!(s.contains("\"db\"") && s.contains("workers: 3"), "{s}");
     let b = format!("{:?}", Pool::builder().workers(2));
     assert!(b.contains("Some(2)"), "{b}");
-    let jb = format!("{:?}", pool.job(async {}).timeout(std::time::Duration::from_secs(1)));
+    let jb = format!(
+        "{:?}",
+        pool.job(async {})
+            .timeout(std::time::Duration::from_secs(1))
+    );
     assert!(jb.contains("timeout: Some(1s)"), "{jb}");
 }

@@ -60,7 +60,11 @@ async fn close_wakes_waiting_submitters_with_their_job_and_keeps_queued_jobs() {
     assert!(waiters.iter().all(|w| !w.is_finished()));
     pool.close();
     for (i, w) in waiters.into_iter().enumerate() {
-        assert_eq!(w.await.unwrap() as usize, i, "the refused job comes back whole");
+        assert_eq!(
+            w.await.unwrap() as usize,
+            i,
+            "the refused job comes back whole"
+        );
     }
     // Jobs accepted before close still run.
     assert_eq!(running.await, Ok(()));
@@ -297,7 +301,9 @@ fn runtime_shutdown_resolves_every_awaited_handle() {
     });
     drop(rt);
     // Awaited from another runtime, both handles resolve.
-    let other = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let other = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     other.block_on(async {
         assert_eq!(running.await, Err(JobError::Cancelled));
         assert_eq!(queued.await, Err(JobError::Cancelled));

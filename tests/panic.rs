@@ -44,8 +44,14 @@ async fn the_worker_keeps_serving_after_a_panic() {
     assert_eq!((s.panicked, s.completed, s.workers), (7, 13, 2));
     // Both workers still serve.
     let g = Gauge::default();
-    let a = pool.submit(held(&g, std::time::Duration::from_millis(1))).await.unwrap();
-    let b = pool.submit(held(&g, std::time::Duration::from_millis(1))).await.unwrap();
+    let a = pool
+        .submit(held(&g, std::time::Duration::from_millis(1)))
+        .await
+        .unwrap();
+    let b = pool
+        .submit(held(&g, std::time::Duration::from_millis(1)))
+        .await
+        .unwrap();
     settle().await;
     assert_eq!(g.now(), 2);
     a.await.unwrap();
@@ -64,8 +70,11 @@ async fn a_detached_panic_is_counted() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_blocking_panic_is_reported() {
     let pool = pool(1, 10);
-    let h = pool.submit_blocking(|| panic!("in a thread")).await.unwrap();
-    assert_eq!(h.await, Err(JobError::Panicked::<>("in a thread".into())));
+    let h = pool
+        .submit_blocking(|| panic!("in a thread"))
+        .await
+        .unwrap();
+    assert_eq!(h.await, Err(JobError::Panicked("in a thread".into())));
     assert_eq!(pool.stats().panicked, 1);
 }
 

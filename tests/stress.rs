@@ -143,7 +143,11 @@ async fn random_workload_keeps_every_guarantee() {
 
     let s = pool.stats();
     let t = &tally;
-    assert!(gauge.peak() <= MAX_WORKERS, "peak {} > {MAX_WORKERS}", gauge.peak());
+    assert!(
+        gauge.peak() <= MAX_WORKERS,
+        "peak {} > {MAX_WORKERS}",
+        gauge.peak()
+    );
     assert_eq!(gauge.now(), 0, "no job future is left alive");
     assert_eq!(s.submitted, t.accepted.load(Ordering::Relaxed));
     assert_accounted(&pool);
@@ -158,7 +162,10 @@ async fn random_workload_keeps_every_guarantee() {
     assert!(s.panicked >= t.panicked.load(Ordering::Relaxed));
     assert!(s.timed_out >= t.timed_out.load(Ordering::Relaxed));
     assert!(s.cancelled >= t.cancelled.load(Ordering::Relaxed));
-    assert!(s.panicked > 0 && s.timed_out > 0 && s.cancelled > 0 && s.completed > 0, "{s:?}");
+    assert!(
+        s.panicked > 0 && s.timed_out > 0 && s.cancelled > 0 && s.completed > 0,
+        "{s:?}"
+    );
     assert_eq!(resizes.load(Ordering::Relaxed), 300);
 }
 
