@@ -1,37 +1,75 @@
 //! Per-job overhead: taskgate against the usual ways to bound concurrency.
 //!
-//! Every approach runs the same N jobs with at most K running at once, on a
-//! multi-thread runtime, in one criterion group so the report shows them side by side.
-//! Run: `cargo bench --bench overhead`.
+//! Every approach runs the same N jobs with at most K running at once on a
+//! multi-thread runtime (2 worker threads), driven from a task on that runtime. Each
+//! workload is one criterion group holding every approach, so one run gives the
+//! ratios side by side. Run: `cargo bench --bench overhead`.
+//!
+//! `buffer_unordered` polls all its futures on the one task that drives the
+//! stream: it has no parallelism, which is why it is cheap for trivial jobs.
 
 use std::future::Future;
+use std::hint::black_box;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use futures::StreamExt;
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
-const N: usize = 10_000;
+const N: usize = 100_000;
 const K: usize = 64;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+#[derive(Clone, Copy, Debug)]
+enum Load {
+    Noop,
+    Yield,
+    Cpu,
 }
 
-#[inline(never)]
-async fn noop(i: usize) -> usize {
-    std::hint::black_box(i)
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Noop => "noop",
+            Load::Yield => "yield",
+            Load::Cpu => "cpu",
+        }
+    }
 }
 
-async fn taskgate_submit(n: usize) -> usize {
-    let pool = taskgate::Pool::builder().workers(K).build().unwrap();
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        handles.push(pool.submit(noop(i)).await.unwrap());
+/// One job of the given workload.
+async fn job(load: Load, i: usize) -> usize {
+    match load {
+        Load::Noop => black_box(i),
+        Load::Yield => {
+            tokio::task::yield_now().await;
+            black_box(i)
+        }
+        Load::Cpu => {
+            // About 1 µs of arithmetic.
+            let mut h = i as u64;
+            for _ in 0..300 {
+                h = black_box(
+                    h.wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407),
+                );
+            }
+            (h & 1) as usize
+        }
+    }
+}
+
+fn pool() -> taskgate::Pool {
+    taskgate::Pool::builder().workers(K).build().unwrap()
+}
+
+async fn taskgate_submit(load: Load) -> usize {
+    let pool = pool();
+    let mut handles = Vec::with_capacity(N);
+    for i in 0..N {
+        handles.push(pool.submit(job(load, i)).await.unwrap());
     }
     let mut sum = 0;
     for h in handles {
@@ -40,50 +78,71 @@ async fn taskgate_submit(n: usize) -> usize {
     sum
 }
 
-type BoxJob = (
-    Pin<Box<dyn Future<Output = usize> + Send>>,
-    oneshot::Sender<usize>,
-);
+async fn taskgate_spawn(load: Load) -> usize {
+    let pool = pool();
+    for i in 0..N {
+        pool.spawn(job(load, i)).await.unwrap();
+    }
+    pool.shutdown().await;
+    pool.stats().completed as usize
+}
 
-/// The floor: K worker tasks sharing one receiver, a oneshot per job.
-async fn hand_rolled(n: usize) -> usize {
-    let (tx, rx) = mpsc::channel::<BoxJob>(K * 10);
-    let rx = Arc::new(Mutex::new(rx));
-    let mut workers = Vec::new();
-    for _ in 0..K {
-        let rx = rx.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let job = rx.lock().await.recv().await;
-                let Some((fut, reply)) = job else { break };
-                let _ = reply.send(fut.await);
+async fn taskgate_run_k_callers(load: Load) -> usize {
+    let pool = pool();
+    let mut callers = Vec::with_capacity(K);
+    for c in 0..K {
+        let pool = pool.clone();
+        callers.push(tokio::spawn(async move {
+            let mut sum = 0;
+            for i in (c..N).step_by(K) {
+                sum += pool.run(job(load, i)).await.unwrap();
             }
+            sum
         }));
     }
-    let mut rxs = Vec::with_capacity(n);
-    for i in 0..n {
-        let (otx, orx) = oneshot::channel();
-        tx.send((Box::pin(noop(i)), otx)).await.ok().unwrap();
-        rxs.push(orx);
-    }
     let mut sum = 0;
-    for r in rxs {
-        sum += r.await.unwrap();
-    }
-    drop(tx);
-    for w in workers {
-        w.await.unwrap();
+    for c in callers {
+        sum += c.await.unwrap();
     }
     sum
 }
 
-async fn semaphore_spawn(n: usize) -> usize {
+async fn taskgate_with_timeout(load: Load) -> usize {
+    let pool = taskgate::Pool::builder()
+        .workers(K)
+        .job_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut handles = Vec::with_capacity(N);
+    for i in 0..N {
+        handles.push(pool.submit(job(load, i)).await.unwrap());
+    }
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.unwrap();
+    }
+    sum
+}
+
+async fn tokio_spawn(load: Load) -> usize {
+    let mut handles = Vec::with_capacity(N);
+    for i in 0..N {
+        handles.push(tokio::spawn(job(load, i)));
+    }
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.unwrap();
+    }
+    sum
+}
+
+async fn semaphore_spawn(load: Load) -> usize {
     let sem = Arc::new(Semaphore::new(K));
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut handles = Vec::with_capacity(N);
+    for i in 0..N {
         let permit = sem.clone().acquire_owned().await.unwrap();
         handles.push(tokio::spawn(async move {
-            let r = noop(i).await;
+            let r = job(load, i).await;
             drop(permit);
             r
         }));
@@ -95,41 +154,135 @@ async fn semaphore_spawn(n: usize) -> usize {
     sum
 }
 
-async fn spawn_all(n: usize) -> usize {
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        handles.push(tokio::spawn(noop(i)));
-    }
+async fn joinset(load: Load) -> usize {
+    let mut set = tokio::task::JoinSet::new();
     let mut sum = 0;
-    for h in handles {
-        sum += h.await.unwrap();
+    for i in 0..N {
+        if set.len() >= K {
+            sum += set.join_next().await.unwrap().unwrap();
+        }
+        set.spawn(job(load, i));
+    }
+    while let Some(r) = set.join_next().await {
+        sum += r.unwrap();
     }
     sum
 }
 
-/// Runs `f` as a task on the runtime, as a caller inside a service would.
-fn drive<Fut>(rt: &tokio::runtime::Runtime, f: Fut) -> usize
-where
-    Fut: Future<Output = usize> + Send + 'static,
-{
-    rt.block_on(async { tokio::spawn(f).await.unwrap() })
+async fn buffer_unordered(load: Load) -> usize {
+    futures::stream::iter(0..N)
+        .map(|i| job(load, i))
+        .buffer_unordered(K)
+        .fold(0, |a, b| async move { a + b })
+        .await
+}
+
+async fn tower_buffer_limit(load: Load) -> usize {
+    let svc = ServiceBuilder::new()
+        .buffer(1024)
+        .concurrency_limit(K)
+        .service(tower::service_fn(move |i: usize| async move {
+            Ok::<_, std::convert::Infallible>(job(load, i).await)
+        }));
+    let mut callers = Vec::with_capacity(K);
+    for c in 0..K {
+        let mut svc = svc.clone();
+        callers.push(tokio::spawn(async move {
+            let mut sum = 0;
+            for i in (c..N).step_by(K) {
+                sum += svc.ready().await.unwrap().call(i).await.unwrap();
+            }
+            sum
+        }));
+    }
+    let mut sum = 0;
+    for c in callers {
+        sum += c.await.unwrap();
+    }
+    sum
+}
+
+type BoxJob = (
+    Pin<Box<dyn Future<Output = usize> + Send>>,
+    oneshot::Sender<usize>,
+);
+
+/// The floor: K worker tasks sharing one receiver, a oneshot per job, no
+/// cancellation, timeouts or stats.
+async fn hand_rolled(load: Load) -> usize {
+    let (tx, rx) = mpsc::channel::<BoxJob>(K * 10);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut workers = Vec::with_capacity(K);
+    for _ in 0..K {
+        let rx = rx.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((fut, reply)) = next else { break };
+                let _ = reply.send(fut.await);
+            }
+        }));
+    }
+    let mut replies = Vec::with_capacity(N);
+    for i in 0..N {
+        let (otx, orx) = oneshot::channel();
+        if tx.send((Box::pin(job(load, i)), otx)).await.is_err() {
+            unreachable!("workers outlive the sender");
+        }
+        replies.push(orx);
+    }
+    let mut sum = 0;
+    for r in replies {
+        sum += r.await.unwrap();
+    }
+    drop(tx);
+    for w in workers {
+        w.await.unwrap();
+    }
+    sum
+}
+
+type Approach = fn(Load) -> Pin<Box<dyn Future<Output = usize> + Send>>;
+
+fn approaches() -> Vec<(&'static str, Approach)> {
+    vec![
+        ("taskgate_submit", |l| Box::pin(taskgate_submit(l))),
+        ("taskgate_spawn", |l| Box::pin(taskgate_spawn(l))),
+        ("taskgate_run_k_callers", |l| {
+            Box::pin(taskgate_run_k_callers(l))
+        }),
+        ("taskgate_job_timeout", |l| {
+            Box::pin(taskgate_with_timeout(l))
+        }),
+        ("hand_rolled_floor", |l| Box::pin(hand_rolled(l))),
+        ("tokio_spawn", |l| Box::pin(tokio_spawn(l))),
+        ("semaphore_spawn", |l| Box::pin(semaphore_spawn(l))),
+        ("joinset", |l| Box::pin(joinset(l))),
+        ("buffer_unordered", |l| Box::pin(buffer_unordered(l))),
+        ("tower_buffer_limit", |l| Box::pin(tower_buffer_limit(l))),
+    ]
 }
 
 fn overhead(c: &mut Criterion) {
-    let rt = rt();
-    let mut g = c.benchmark_group("noop");
-    g.throughput(Throughput::Elements(N as u64));
-    g.bench_function("taskgate_submit", |b| {
-        b.iter(|| drive(&rt, taskgate_submit(N)))
-    });
-    g.bench_function("hand_rolled_floor", |b| {
-        b.iter(|| drive(&rt, hand_rolled(N)))
-    });
-    g.bench_function("semaphore_spawn", |b| {
-        b.iter(|| drive(&rt, semaphore_spawn(N)))
-    });
-    g.bench_function("tokio_spawn", |b| b.iter(|| drive(&rt, spawn_all(N))));
-    g.finish();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for load in [Load::Noop, Load::Yield, Load::Cpu] {
+        let mut g = c.benchmark_group(format!("overhead/{}", load.name()));
+        g.throughput(Throughput::Elements(N as u64));
+        g.sample_size(10);
+        g.warm_up_time(Duration::from_secs(1));
+        g.measurement_time(Duration::from_secs(3));
+        for (name, f) in approaches() {
+            g.bench_with_input(BenchmarkId::from_parameter(name), &load, |b, &load| {
+                // Driven from a task on the runtime, as a caller inside a service is.
+                b.iter(|| rt.block_on(async move { tokio::spawn(f(load)).await.unwrap() }))
+            });
+        }
+        g.finish();
+    }
 }
 
 criterion_group!(benches, overhead);

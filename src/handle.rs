@@ -1,17 +1,14 @@
 //! The end of a job's path: the shared result cell and [`JobHandle`].
 //!
 //! One allocation per job, [`Shared`], does the work of a oneshot channel plus a
-//! cancellation token: a state word, the result slot, the caller's waker and the
-//! worker's waker.
+//! cancellation token: a state word, and the result slot with the caller's waker.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
-
-use futures::task::AtomicWaker;
+use std::task::{Context, Poll, Waker, ready};
 
 use crate::error::JobError;
 use crate::queue::Inner;
@@ -26,21 +23,36 @@ const CANCELLED: u8 = 4;
 const HANDLE_GONE: u8 = 8;
 
 /// The cell shared by a job's envelope (on the worker side) and its [`JobHandle`].
+///
+/// The state word answers the common questions (finished? cancelled?) with one
+/// load. The result and the caller's waker sit under one small mutex, so handing
+/// over a result is one lock, a store and a wake. There is no worker waker here: a
+/// cancel of a running job wakes the worker through the pool (see
+/// [`Inner::wake_running`]), which keeps the cell small and the common path free of
+/// waker registration.
 pub(crate) struct Shared<T> {
     state: AtomicU8,
-    result: Mutex<Option<Result<T, JobError>>>,
-    handle_waker: AtomicWaker,
-    worker_waker: AtomicWaker,
+    slot: Mutex<Slot<T>>,
+}
+
+struct Slot<T> {
+    result: Option<Result<T, JobError>>,
+    waker: Option<Waker>,
 }
 
 impl<T> Shared<T> {
     pub(crate) fn new() -> Self {
         Shared {
             state: AtomicU8::new(0),
-            result: Mutex::new(None),
-            handle_waker: AtomicWaker::new(),
-            worker_waker: AtomicWaker::new(),
+            slot: Mutex::new(Slot {
+                result: None,
+                waker: None,
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot<T>> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Marks the job started. Returns `false` if the caller cancelled it first, in
@@ -60,12 +72,6 @@ impl<T> Shared<T> {
         self.state.load(Acquire) & COMPLETE != 0
     }
 
-    /// Registers the running worker's waker, so that a cancel can wake it.
-    #[inline]
-    pub(crate) fn register_worker(&self, waker: &Waker) {
-        self.worker_waker.register(waker);
-    }
-
     /// Stores the outcome and wakes the handle. If the handle is gone, the value is
     /// handed back so the caller can drop it where a panic in its `Drop` is caught.
     pub(crate) fn complete(&self, r: Result<T, JobError>) -> Option<Result<T, JobError>> {
@@ -73,17 +79,36 @@ impl<T> Shared<T> {
             self.state.fetch_or(COMPLETE, AcqRel);
             return Some(r);
         }
-        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
-        self.state.fetch_or(COMPLETE, AcqRel);
-        self.handle_waker.wake();
+        let waker = {
+            let mut slot = self.lock();
+            slot.result = Some(r);
+            // Set under the lock, so a handle that sees COMPLETE finds the result,
+            // and one that saw it clear has its waker in the slot already.
+            self.state.fetch_or(COMPLETE, AcqRel);
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
         None
     }
 
-    fn take(&self) -> Option<Result<T, JobError>> {
-        self.result
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+    /// Takes the result if there is one, or registers `waker` to be woken by
+    /// [`complete`](Shared::complete).
+    fn poll_result(&self, waker: &Waker) -> Poll<Result<T, JobError>> {
+        let mut slot = self.lock();
+        if let Some(r) = slot.result.take() {
+            return Poll::Ready(r);
+        }
+        if self.state.load(Acquire) & COMPLETE != 0 {
+            // Complete with no result: a bug. Report a cancellation rather than hang.
+            return Poll::Ready(Err(JobError::Cancelled));
+        }
+        match &mut slot.waker {
+            Some(w) if w.will_wake(waker) => {}
+            w => *w = Some(waker.clone()),
+        }
+        Poll::Pending
     }
 }
 
@@ -195,8 +220,10 @@ impl<T> JobHandle<T> {
             return;
         }
         if prev & STARTED != 0 {
-            // Running: the worker checks the flag at its next poll.
-            self.shared.worker_waker.wake();
+            // Running: wake its worker, which checks the flag at its next poll.
+            if let Some(inner) = &self.inner {
+                inner.wake_running(self.id.0);
+            }
             return;
         }
         // Queued: take it out now so its slot frees at once. If a worker (or the
@@ -215,16 +242,9 @@ impl<T> Future for JobHandle<T> {
             self.inner.is_some(),
             "JobHandle polled after it returned its result"
         );
-        if !self.shared.is_complete() {
-            self.shared.handle_waker.register(cx.waker());
-            if !self.shared.is_complete() {
-                return Poll::Pending;
-            }
-        }
+        let r = ready!(self.shared.poll_result(cx.waker()));
         self.inner = None;
-        // COMPLETE is set after the slot is filled, so the slot is full here. If a
-        // bug ever left it empty, report a cancellation rather than hang or panic.
-        Poll::Ready(self.shared.take().unwrap_or(Err(JobError::Cancelled)))
+        Poll::Ready(r)
     }
 }
 

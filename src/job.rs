@@ -213,8 +213,6 @@ pin_project! {
         parent: Option<Box<Span>>,
         // The outcome is decided and counted; uninterruptible work is finishing.
         lingering: bool,
-        // Whether the worker's waker is registered in `shared` for cancels.
-        registered: bool,
     }
 
     impl<W, T> PinnedDrop for Task<W, T> {
@@ -247,7 +245,6 @@ impl<W, T> Task<W, T> {
             submitted,
             parent: (!current.is_none()).then(|| Box::new(current)),
             lingering: false,
-            registered: false,
         }
     }
 
@@ -390,17 +387,6 @@ impl<W: Work> Job for Task<W, W::Output> {
                     return Poll::Ready(settle(&mut this, ctx, Outcome::Panicked, Err(e)));
                 }
                 Poll::Pending => {}
-            }
-            if !*this.registered
-                && let Some(shared) = this.shared.as_ref()
-            {
-                // Registered lazily: a job that finishes in its first poll never pays
-                // for it. Re-check after registering so no cancel is missed.
-                shared.register_worker(cx.waker());
-                *this.registered = true;
-                if shared.is_cancelled() {
-                    continue;
-                }
             }
             if let Some(sleep) = this.sleep.as_mut()
                 && sleep.as_mut().poll(cx).is_ready()

@@ -46,6 +46,8 @@ struct Slot {
     parked: bool,
     /// Woken (or spawned) to look for a job, and not yet checked in.
     woken: bool,
+    /// The id of the job this worker holds, so a cancel can find and wake it.
+    running: Option<u64>,
     shard: Arc<Shard>,
 }
 
@@ -118,6 +120,7 @@ impl State {
                 waker: None,
                 parked: false,
                 woken: true,
+                running: None,
                 shard: shard.clone(),
             };
             let idx = match self.free_slots.pop() {
@@ -376,6 +379,7 @@ impl Inner {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Queued>> {
         let slot = st.slots[idx].as_mut().expect("worker slot exists");
+        slot.running = None;
         match &slot.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => slot.waker = Some(cx.waker().clone()),
@@ -402,6 +406,9 @@ impl Inner {
             if let Some(d) = q.deadline {
                 st.deadlines.remove(&(d, q.id));
             }
+            if let Some(slot) = st.slots[idx].as_mut() {
+                slot.running = Some(q.id);
+            }
             return Poll::Ready(Some(q));
         }
         let slot = st.slots[idx].as_mut().expect("worker slot exists");
@@ -423,6 +430,22 @@ impl Inner {
             st.remove_slot(idx);
         }
         self.abort();
+    }
+
+    /// Wakes the worker running job `id`, so that it sees the job's cancel flag.
+    /// A scan of the workers, but only when a running job is cancelled.
+    pub(crate) fn wake_running(&self, id: u64) {
+        let waker = {
+            let st = self.lock();
+            st.slots
+                .iter()
+                .flatten()
+                .find(|s| s.running == Some(id))
+                .and_then(|s| s.waker.clone())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Takes a queued job out because its caller cancelled it.
