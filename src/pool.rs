@@ -410,19 +410,21 @@ impl Pool {
         &self.inner().name
     }
 
-    /// Waits until nothing is queued and no worker is left.
+    /// Waits until nothing is queued and no worker is left, then until every task
+    /// the pool spawned has dropped its future.
     async fn wait_drained(&self) {
         let inner = self.inner();
         loop {
-            let mut resized = pin!(inner.resized());
-            resized.as_mut().enable();
-            inner.wait_workers().await;
+            let mut drained = pin!(inner.drained());
+            drained.as_mut().enable();
             if inner.is_drained() {
-                return;
+                break;
             }
-            // Paused with jobs queued: nothing runs them until a resize or abort.
-            resized.await;
+            // Woken when a worker exits, the queue shrinks, or the pool is resized
+            // (a paused pool keeps its queue until then) or aborted.
+            drained.await;
         }
+        inner.wait_workers().await;
     }
 
     /// Submits `work` with a handle, waiting for space (at most `wait`, if given).

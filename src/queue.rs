@@ -185,8 +185,9 @@ pub(crate) struct Inner {
     state: Padded<Mutex<State>>,
     /// Submitters waiting for queue space.
     space: Notify,
-    /// Resizes, for a shutdown waiting on a paused pool.
-    resized: Notify,
+    /// Progress towards drained (a worker exited, the queue shrank while closed),
+    /// for `shutdown`.
+    drained: Notify,
     /// New earliest queue deadline, or close, for the reaper.
     reaper: Notify,
     pub(crate) aborted: AtomicBool,
@@ -231,7 +232,7 @@ impl Inner {
                 retired: Shard::new(),
             })),
             space: Notify::new(),
-            resized: Notify::new(),
+            drained: Notify::new(),
             reaper: Notify::new(),
             aborted: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -361,12 +362,16 @@ impl Inner {
         } else {
             None
         };
+        let exited = matches!(result, Poll::Ready(None));
         drop(st);
         if let Some(a) = action {
             self.act(a);
         }
         if notify_space {
             self.space.notify_one();
+        }
+        if exited {
+            self.drained.notify_waiters();
         }
         result
     }
@@ -430,6 +435,7 @@ impl Inner {
             st.remove_slot(idx);
         }
         self.abort();
+        self.drained.notify_waiters();
     }
 
     /// Wakes the worker running job `id`, so that it sees the job's cancel flag.
@@ -456,9 +462,13 @@ impl Inner {
         };
         st.cancelled += 1;
         let notify = st.submit_waiters > 0;
+        let closed = st.closed;
         drop(st);
         if notify {
             self.space.notify_one();
+        }
+        if closed {
+            self.drained.notify_waiters();
         }
         tracing::debug!(pool = %self.name, job = id, "taskgate: queued job cancelled by its caller");
         let mut job = q.job;
@@ -487,9 +497,13 @@ impl Inner {
             st.reaper_running = false;
         }
         let notify = !expired.is_empty() && st.submit_waiters > 0;
+        let closed = st.closed;
         drop(st);
         if notify {
             self.space.notify_waiters();
+        }
+        if closed && (exit || !expired.is_empty()) {
+            self.drained.notify_waiters();
         }
         for q in expired {
             tracing::debug!(pool = %self.name, job = q.id, "taskgate: job timed out in the queue");
@@ -564,6 +578,7 @@ impl Inner {
         }
         self.space.notify_waiters();
         self.reaper.notify_one();
+        self.drained.notify_waiters();
     }
 
     pub(crate) fn resize(self: &Arc<Self>, workers: usize) {
@@ -589,18 +604,21 @@ impl Inner {
         if notify_space {
             self.space.notify_waiters();
         }
-        self.resized.notify_waiters();
+        self.drained.notify_waiters();
         tracing::debug!(pool = %self.name, workers, "taskgate: pool resized");
     }
 
-    pub(crate) fn resized(&self) -> tokio::sync::futures::Notified<'_> {
-        self.resized.notified()
+    /// Notified whenever the pool may have become drained.
+    pub(crate) fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
     }
 
-    /// Whether nothing is queued and no worker task is left.
+    /// Whether nothing is queued, no worker is alive or being spawned, and the
+    /// reaper is not running or being spawned. (`live` and `reaper_running` are set
+    /// under the lock before the spawn, so a spawn in flight counts.)
     pub(crate) fn is_drained(&self) -> bool {
         let st = self.lock();
-        st.queue.is_empty() && st.live == 0 && st.busy == 0
+        st.queue.is_empty() && st.live == 0 && st.busy == 0 && !st.reaper_running
     }
 
     pub(crate) async fn wait_workers(&self) {

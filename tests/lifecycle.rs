@@ -310,3 +310,22 @@ fn runtime_shutdown_resolves_every_awaited_handle() {
     });
     assert!(pool.is_closed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_racing_a_submit_from_another_thread_returns() {
+    // A submit that decided to spawn the first worker, racing a shutdown that has
+    // just started: shutdown must still see the worker and wait for it.
+    for _ in 0..300 {
+        let pool = pool(1, 10);
+        let p = pool.clone();
+        let submitter = std::thread::spawn(move || {
+            if let Ok(h) = p.try_submit(async {}) {
+                h.detach();
+            }
+        });
+        let done = tokio::time::timeout(Duration::from_secs(10), pool.shutdown()).await;
+        submitter.join().unwrap();
+        assert!(done.is_ok(), "shutdown hung");
+        assert_accounted(&pool);
+    }
+}
