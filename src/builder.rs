@@ -106,10 +106,14 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// [`BuildError::NoRuntime`] outside a Tokio runtime, and
+    /// [`BuildError::NoRuntime`] outside a Tokio runtime,
+    /// [`BuildError::NoTimer`] on a runtime built without timers, and
     /// [`BuildError::ZeroWorkers`] for `workers(0)`.
     pub fn build(self) -> Result<Pool, BuildError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        if !timers_enabled() {
+            return Err(BuildError::NoTimer);
+        }
         let workers = self.workers.unwrap_or_else(default_workers);
         if workers == 0 {
             return Err(BuildError::ZeroWorkers);
@@ -127,6 +131,14 @@ impl Builder {
             self.queue_timeout,
         ))))
     }
+}
+
+/// Whether the current runtime has a time driver. Tokio has no query for this, and
+/// creating a timer without one panics, so the probe catches that panic. (On such
+/// a runtime the panic hook prints the message once; with `panic = "abort"` the
+/// probe would abort, so build those runtimes with `enable_time()`.)
+fn timers_enabled() -> bool {
+    std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
 }
 
 /// `available_parallelism() × 8`, for I/O-bound work.

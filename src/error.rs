@@ -147,6 +147,9 @@ pub enum BuildError {
     /// `workers(0)` was asked for. A pool needs at least one worker; to pause a
     /// pool, build it with one or more and call [`Pool::resize(0)`](crate::Pool::resize).
     ZeroWorkers,
+    /// The runtime was built without timers (`enable_time()` or `enable_all()`), which
+    /// the pool needs for run and queue timeouts.
+    NoTimer,
 }
 
 impl fmt::Display for BuildError {
@@ -158,6 +161,9 @@ impl fmt::Display for BuildError {
             BuildError::ZeroWorkers => {
                 f.write_str("workers must be at least 1 (use resize(0) to pause a pool)")
             }
+            BuildError::NoTimer => f.write_str(
+                "the tokio runtime has timers disabled: build it with enable_time() or enable_all()",
+            ),
         }
     }
 }

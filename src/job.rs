@@ -174,6 +174,12 @@ pub(crate) trait Job: Send {
     /// When the job was accepted.
     fn submitted(&self) -> Instant;
 
+    /// Whether the job's caller has asked for it to be cancelled.
+    fn cancel_requested(&self) -> bool;
+
+    /// Whether the job's outcome is decided and counted (it may still be lingering).
+    fn is_settled(&self) -> bool;
+
     /// Claims the job for running and returns its `taskgate.job` span. Returns
     /// `None` if its caller cancelled it first; the job is then resolved as
     /// cancelled (and counted in `shard`), and must not be polled.
@@ -320,6 +326,14 @@ fn drop_work<W>(mut work: Pin<&mut Option<W>>) {
 impl<W: Work> Job for Task<W, W::Output> {
     fn submitted(&self) -> Instant {
         self.submitted
+    }
+
+    fn cancel_requested(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.is_cancelled())
+    }
+
+    fn is_settled(&self) -> bool {
+        self.lingering || self.work.is_none()
     }
 
     fn begin(self: Pin<&mut Self>, pool: &str, id: u64, shard: &Shard) -> Option<Span> {

@@ -410,6 +410,11 @@ impl Inner {
             *holds_slot = true;
             if let Some(d) = q.deadline {
                 st.deadlines.remove(&(d, q.id));
+                if st.closed && st.deadlines.is_empty() {
+                    // Let the reaper see it has nothing left, so shutdown need not
+                    // wait for a stale deadline.
+                    self.reaper.notify_one();
+                }
             }
             if let Some(slot) = st.slots[idx].as_mut() {
                 slot.running = Some(q.id);
@@ -425,11 +430,16 @@ impl Inner {
     /// A worker task was dropped without exiting through `next_job`: its runtime is
     /// shutting down. Nothing queued can run any more, so abort the pool; every
     /// handle still awaited resolves as cancelled.
-    pub(crate) fn worker_lost(self: &Arc<Self>, idx: usize, holds_slot: bool) {
+    pub(crate) fn worker_lost(self: &Arc<Self>, idx: usize, holds_slot: bool, mid_job: bool) {
         {
             let mut st = self.lock();
             if holds_slot {
                 st.busy -= 1;
+            }
+            if mid_job {
+                // Its job ends as cancelled when the guard drops it, just after this.
+                st.cancelled += 1;
+                st.aborted += 1;
             }
             st.live -= 1;
             st.remove_slot(idx);
@@ -460,6 +470,9 @@ impl Inner {
         let Some(q) = st.take_queued(id) else {
             return;
         };
+        if q.deadline.is_some() && st.closed && st.deadlines.is_empty() {
+            self.reaper.notify_one();
+        }
         st.cancelled += 1;
         let notify = st.submit_waiters > 0;
         let closed = st.closed;
@@ -487,12 +500,19 @@ impl Inner {
             }
             st.deadlines.pop_first();
             if let Some(q) = st.take_queued(id) {
-                st.queue_timed_out += 1;
+                // A cancel that raced the deadline wins: the caller asked first.
+                if q.job.cancel_requested() {
+                    st.cancelled += 1;
+                } else {
+                    st.queue_timed_out += 1;
+                }
                 expired.push(q);
             }
         }
         let next = st.deadlines.first().map(|&(d, _)| d);
-        let exit = st.closed && st.queue.is_empty();
+        // After close no deadline can be added: once none is left, nothing is left
+        // to expire.
+        let exit = st.closed && st.deadlines.is_empty();
         if exit {
             st.reaper_running = false;
         }
@@ -506,9 +526,14 @@ impl Inner {
             self.drained.notify_waiters();
         }
         for q in expired {
-            tracing::debug!(pool = %self.name, job = q.id, "taskgate: job timed out in the queue");
             let mut job = q.job;
-            job.as_mut().resolve_unstarted(JobError::QueueTimedOut);
+            if job.cancel_requested() {
+                tracing::debug!(pool = %self.name, job = q.id, "taskgate: queued job cancelled by its caller");
+                job.as_mut().resolve_unstarted(JobError::Cancelled);
+            } else {
+                tracing::debug!(pool = %self.name, job = q.id, "taskgate: job timed out in the queue");
+                job.as_mut().resolve_unstarted(JobError::QueueTimedOut);
+            }
         }
         (next, exit)
     }

@@ -7,31 +7,37 @@
 //! pool shrinks below them or closes with an empty queue.
 
 use std::future::poll_fn;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::job::RunCtx;
+use crate::job::{Job, RunCtx, drop_quietly};
 use crate::queue::Inner;
 use crate::stats::Shard;
 
 /// Unregisters a worker that is dropped without exiting normally (its runtime is
-/// shutting down).
+/// shutting down), counting the job it was running.
 struct WorkerGuard {
     inner: Arc<Inner>,
     idx: usize,
     /// The worker has a job counted in `busy`.
     holds_slot: bool,
+    /// The job being run, kept here so that a worker dropped mid-job can count the
+    /// job's outcome before the job's own drop resolves its handle.
+    job: Option<Pin<Box<dyn Job>>>,
     exited: bool,
 }
 
 impl Drop for WorkerGuard {
     fn drop(&mut self) {
         if !self.exited {
-            self.inner.worker_lost(self.idx, self.holds_slot);
+            let mid_job = self.job.as_ref().is_some_and(|j| !j.is_settled());
+            self.inner.worker_lost(self.idx, self.holds_slot, mid_job);
+            // Resolves the handle as cancelled (the envelope's drop does that).
+            drop_quietly(self.job.take());
         }
     }
 }
@@ -49,6 +55,7 @@ pub(crate) fn spawn(
         inner: inner.clone(),
         idx,
         holds_slot: false,
+        job: None,
         exited: false,
     };
     tracker.spawn_on(run(guard, shard), rt);
@@ -73,6 +80,7 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
         };
         let mut job = queued.job;
         let Some(span) = job.as_mut().begin(&inner.name, queued.id, &shard) else {
+            drop_quietly(job);
             continue;
         };
         let started = match last_end.take() {
@@ -86,7 +94,11 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
             aborted: &inner.aborted,
             started,
         };
+        let job = guard.job.insert(job);
         last_end = Some(poll_fn(|cx| job.as_mut().poll_run(cx, &ctx)).await);
+        // The result cell may hold an output whose handle is gone: its drop (and the
+        // future's, already done) must not take the worker down.
+        drop_quietly(guard.job.take());
     }
 }
 

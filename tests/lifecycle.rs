@@ -329,3 +329,53 @@ async fn shutdown_racing_a_submit_from_another_thread_returns() {
         assert_accounted(&pool);
     }
 }
+
+#[test]
+fn a_runtime_without_timers_is_a_build_error() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = rt.block_on(async { Pool::builder().workers(1).build().unwrap_err() });
+    assert_eq!(err, BuildError::NoTimer);
+    assert!(err.to_string().contains("enable_time()"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_does_not_wait_for_a_stale_queue_deadline() {
+    // A job with a queue timeout is taken by a worker after close; the reaper must
+    // not keep shutdown waiting until that deadline (or forever).
+    let pool = pool(1, 10);
+    let first = pool.submit(tokio::time::sleep(10 * MS)).await.unwrap();
+    let timed = pool
+        .job(async {})
+        .queue_timeout(Duration::from_secs(3600))
+        .submit()
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    pool.shutdown().await;
+    assert_eq!(tokio::time::Instant::now() - t0, 10 * MS);
+    assert_eq!(first.await, Ok(()));
+    assert_eq!(timed.await, Ok(()));
+}
+
+#[test]
+fn a_worker_lost_mid_job_counts_the_job() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (pool, running) = rt.block_on(async {
+        let pool = pool(1, 10);
+        let running = pool.submit(std::future::pending::<u8>()).await.unwrap();
+        settle().await;
+        (pool, running)
+    });
+    drop(rt);
+    let other = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(other.block_on(running), Err(JobError::Cancelled));
+    let s = pool.stats();
+    assert_eq!((s.submitted, s.cancelled, s.busy), (1, 1, 0));
+}

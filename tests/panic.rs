@@ -112,3 +112,21 @@ async fn a_panic_in_an_unread_outputs_drop_does_not_kill_the_worker() {
     assert_eq!(pool.run(async { 2 }).await, Ok(2));
     assert_eq!(pool.stats().completed, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_output_dropped_by_the_worker_does_not_abort_the_pool() {
+    // The handle is dropped just after the result is stored, so the worker holds the
+    // last reference to the unread output and drops it.
+    let pool = pool(1, 10);
+    for _ in 0..200 {
+        let h = pool.submit(async { PanicOnDrop }).await.unwrap();
+        while !h.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        // Whoever drops the last reference drops the output: here (a panic in the
+        // caller, caught) or on the worker (caught by the worker).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(h)));
+    }
+    assert!(!pool.is_closed(), "a drop panic must not abort the pool");
+    assert_eq!(pool.run(async { 3 }).await, Ok(3));
+}
