@@ -99,6 +99,11 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
         // The result cell may hold an output whose handle is gone: its drop (and the
         // future's, already done) must not take the worker down.
         drop_quietly(guard.job.take());
+        // A worker with a long queue of ready jobs would otherwise never return to
+        // the scheduler. Spend one unit of Tokio's cooperative budget per job, so it
+        // yields now and then and the tasks sharing its thread (often the very
+        // submitter that is waiting for queue space) get to run.
+        tokio::task::coop::consume_budget().await;
     }
 }
 
