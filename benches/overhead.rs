@@ -66,7 +66,11 @@ fn pool() -> taskgate::Pool {
 }
 
 async fn taskgate_submit(load: Load) -> usize {
-    let pool = pool();
+    submit_and_await(pool(), load).await
+}
+
+/// Submits every job, then awaits every handle.
+async fn submit_and_await(pool: taskgate::Pool, load: Load) -> usize {
     let mut handles = Vec::with_capacity(N);
     for i in 0..N {
         handles.push(pool.submit(job(load, i)).await.unwrap());
@@ -113,15 +117,7 @@ async fn taskgate_with_timeout(load: Load) -> usize {
         .job_timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let mut handles = Vec::with_capacity(N);
-    for i in 0..N {
-        handles.push(pool.submit(job(load, i)).await.unwrap());
-    }
-    let mut sum = 0;
-    for h in handles {
-        sum += h.await.unwrap();
-    }
-    sum
+    submit_and_await(pool, load).await
 }
 
 async fn tokio_spawn(load: Load) -> usize {

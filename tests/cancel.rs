@@ -45,14 +45,8 @@ async fn dropped_queued_job_never_starts_and_frees_its_slot_at_once() {
 #[tokio::test(start_paused = true)]
 async fn dropped_running_job_is_dropped_before_the_worker_takes_another() {
     let pool = pool(1, 10);
-    let (flag, dropped) = drop_flag();
-    let running = pool
-        .submit(async move {
-            let _f = flag;
-            std::future::pending::<()>().await
-        })
-        .await
-        .unwrap();
+    let (job, dropped) = pending_job();
+    let running = pool.submit(job).await.unwrap();
     let dropped2 = dropped.clone();
     let next = pool
         .submit(async move { dropped2.load(Ordering::SeqCst) })

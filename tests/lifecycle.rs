@@ -173,14 +173,8 @@ async fn dropping_every_pool_handle_closes_but_runs_accepted_jobs() {
 #[tokio::test(start_paused = true)]
 async fn abort_cancels_queued_and_running_jobs_now() {
     let pool = pool(2, 10);
-    let (flag, dropped) = drop_flag();
-    let running = pool
-        .submit(async move {
-            let _f = flag;
-            std::future::pending::<()>().await
-        })
-        .await
-        .unwrap();
+    let (job, dropped) = pending_job();
+    let running = pool.submit(job).await.unwrap();
     let running2 = pool.submit(std::future::pending::<()>()).await.unwrap();
     let queued = pool.submit(async {}).await.unwrap();
     pool.spawn(std::future::pending::<()>()).await.unwrap();

@@ -18,14 +18,8 @@ async fn job_timeout_drops_a_hung_job_at_its_deadline_and_frees_the_slot() {
         .job_timeout(100 * MS)
         .build()
         .unwrap();
-    let (flag, dropped) = drop_flag();
-    let hung = pool
-        .submit(async move {
-            let _f = flag;
-            std::future::pending::<()>().await
-        })
-        .await
-        .unwrap();
+    let (job, dropped) = pending_job();
+    let hung = pool.submit(job).await.unwrap();
     let next = pool.submit(async { Instant::now() }).await.unwrap();
     let t0 = Instant::now();
     settle().await;

@@ -92,3 +92,16 @@ pub fn assert_accounted(pool: &Pool) {
         "stats identity: {s:?}"
     );
 }
+
+/// A job that never finishes, and a flag set when its future is dropped.
+pub fn pending_job() -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (flag, dropped) = drop_flag();
+    let fut = async move {
+        let _f = flag;
+        std::future::pending::<()>().await
+    };
+    (fut, dropped)
+}
