@@ -336,10 +336,8 @@ impl Run {
                         self.jobs[idx].unknown = true;
                         w.abort();
                     }
-                    if let Ok((_, r, _)) = w.await {
-                        if let Some(r) = r {
-                            self.observe(idx, r);
-                        }
+                    if let Ok((_, Some(r), _)) = w.await {
+                        self.observe(idx, r);
                     }
                 }
             }
