@@ -62,6 +62,18 @@
 //! it runs, and it blocks its runtime thread. Put such work in
 //! [`Pool::submit_blocking`].
 //!
+//! **Panics in `Drop`.** A job's future, or an output nobody will read, is dropped
+//! on the worker inside `catch_unwind`: a panic there is logged at `WARN`, the job's
+//! outcome stands, and the worker carries on. An output the caller does read is
+//! dropped by the caller, like any value it owns. With `panic = "abort"` no panic is
+//! caught anywhere, and a panicking job aborts the process.
+//!
+//! **Re-entrancy.** A job may submit jobs to its own pool, but if it then waits for
+//! them while every worker is busy with such parents and the queue is full, nothing
+//! can make progress: a deadlock. Give the child a way out: use
+//! [`Pool::try_submit`] or [`Pool::submit_timeout`] and run the child inline when
+//! it is refused (the error hands it back), or submit children to a separate pool.
+//!
 //! # Tracing
 //!
 //! Each job runs inside a `DEBUG` span named `taskgate.job`, with `pool` (the name)

@@ -32,6 +32,13 @@ use crate::stats::{ShutdownReport, Stats};
 /// `workers` jobs run at once; up to `queue_capacity` more wait in the queue, and
 /// beyond that, submitters wait for space.
 ///
+/// # Re-entrancy
+///
+/// A job that submits a child job to its own pool and waits for it can deadlock:
+/// if every worker runs such a parent and the queue is full, no child can start.
+/// Use [`try_submit`](Pool::try_submit) or [`submit_timeout`](Pool::submit_timeout)
+/// for children, and run a refused child inline (the error hands it back).
+///
 /// # Example
 ///
 /// ```
