@@ -91,17 +91,21 @@
 
 mod builder;
 mod error;
+mod group;
 mod handle;
 mod job;
 mod job_builder;
 mod pool;
 mod queue;
 mod stats;
+mod stream;
 mod worker;
 
 pub use builder::Builder;
 pub use error::{BuildError, JobError, SubmitError, TrySubmitError};
+pub use group::{Group, GroupError};
 pub use handle::{JobHandle, JobId};
 pub use job_builder::JobBuilder;
 pub use pool::Pool;
 pub use stats::{Latency, ShutdownReport, Stats};
+pub use stream::{MapPooled, MapPooledUnordered, PoolStreamExt};

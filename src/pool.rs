@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::builder::Builder;
 use crate::error::{JobError, SubmitError, TrySubmitError};
+use crate::group::Group;
 use crate::handle::{JobHandle, JobId, Shared};
 use crate::job::{BlockingWork, Task, Work};
 use crate::job_builder::JobBuilder;
@@ -167,6 +168,31 @@ impl Pool {
         F::Output: Send + 'static,
     {
         JobBuilder::new(self, fut)
+    }
+
+    /// A new, empty [`Group`] of jobs on this pool: fan out, then collect with
+    /// `join_next`, `join_all` or `try_join_all`. Dropping the group cancels its
+    /// unfinished jobs.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let pool = taskgate::Pool::new(8);
+    /// let mut group = pool.group::<usize>();
+    /// for word in ["fan", "out", "collect"] {
+    ///     group.submit(async move { word.len() }).await.unwrap();
+    /// }
+    /// let mut total = 0;
+    /// while let Some(r) = group.join_next().await {
+    ///     total += r.unwrap();
+    /// }
+    /// assert_eq!(total, 13);
+    /// # }
+    /// ```
+    pub fn group<T: Send + 'static>(&self) -> Group<T> {
+        Group::new(self.clone())
     }
 
     /// Submits a job, waiting for queue space if the queue is full (backpressure),

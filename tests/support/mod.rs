@@ -59,7 +59,10 @@ impl Drop for GaugeGuard {
 }
 
 /// A job that holds a gauge guard for `d` of (paused) time.
-pub fn held(g: &Gauge, d: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
+pub fn held(
+    g: &Gauge,
+    d: Duration,
+) -> impl std::future::Future<Output = ()> + Send + 'static + use<> {
     let g = g.clone();
     async move {
         let _guard = g.enter();
