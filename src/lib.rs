@@ -99,6 +99,9 @@ mod pool;
 mod queue;
 mod stats;
 mod stream;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 mod worker;
 
 pub use builder::Builder;

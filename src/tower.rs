@@ -1,0 +1,166 @@
+//! tower integration (feature `tower`): [`PoolLayer`] runs a `Service`'s calls on a
+//! [`Pool`].
+//!
+//! Unlike tower's `Buffer`, whose `poll_ready` reserves a slot (and has deadlocked
+//! services that reserved and then never called), [`PoolService::poll_ready`] is
+//! always ready and reserves nothing: an idle caller holds no queue slot and no
+//! permit. Backpressure happens inside the response future, which waits for queue
+//! space, then for the job. The call, including the inner service's own
+//! `poll_ready`, runs as a job on the pool's workers, under its limit, timeouts and
+//! stats. Dropping the response future cancels the job.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use taskgate::tower::PoolLayer;
+//!
+//! let pool = taskgate::Pool::new(16);
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(PoolLayer::new(pool))
+//!     .service_fn(|n: u64| async move { Ok::<_, std::convert::Infallible>(n + 1) });
+//! let answer = svc.ready().await.unwrap().call(41).await.unwrap();
+//! assert_eq!(answer, 42);
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::JobError;
+use crate::pool::Pool;
+
+/// A [`Layer`] that wraps a service in a [`PoolService`], so its calls run on `pool`.
+#[derive(Clone, Debug)]
+pub struct PoolLayer {
+    pool: Pool,
+}
+
+impl PoolLayer {
+    /// A layer that runs calls on `pool`.
+    pub fn new(pool: Pool) -> Self {
+        PoolLayer { pool }
+    }
+}
+
+impl<S> Layer<S> for PoolLayer {
+    type Service = PoolService<S>;
+
+    fn layer(&self, inner: S) -> PoolService<S> {
+        PoolService {
+            inner,
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+/// A service whose calls run as jobs on a [`Pool`]. Made by [`PoolLayer`].
+///
+/// Each call clones the inner service and, on a worker, waits for the clone's
+/// `poll_ready` and then calls it. The inner service must therefore be `Clone`
+/// (wrap it in tower's `Buffer` if it is not).
+#[derive(Clone, Debug)]
+pub struct PoolService<S> {
+    inner: S,
+    pool: Pool,
+}
+
+impl<S, Req> Service<Req> for PoolService<S>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = ServiceError<S::Error>;
+    type Future = ResponseFuture<S::Response, S::Error>;
+
+    /// Always ready: nothing is reserved. Backpressure is in the response future.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let mut svc = self.inner.clone();
+        let pool = self.pool.clone();
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let job = async move {
+                    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+                    svc.call(req).await
+                };
+                match pool.run(job).await {
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(e)) => Err(ServiceError::Inner(e)),
+                    Err(e) => Err(ServiceError::Job(e)),
+                }
+            }),
+        }
+    }
+}
+
+/// The response future of a [`PoolService`]. Dropping it cancels the call's job,
+/// wherever it is.
+#[must_use = "futures do nothing unless you .await or poll them"]
+pub struct ResponseFuture<R, E> {
+    inner: Pin<Box<dyn Future<Output = Result<R, ServiceError<E>>> + Send>>,
+}
+
+impl<R, E> Future for ResponseFuture<R, E> {
+    type Output = Result<R, ServiceError<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<R, E> fmt::Debug for ResponseFuture<R, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Why a [`PoolService`] call failed: the inner service's own error, or a
+/// [`JobError`] (the pool was closed, or the call timed out, panicked or was
+/// cancelled).
+#[derive(Clone, PartialEq, Eq)]
+pub enum ServiceError<E> {
+    /// The inner service returned an error.
+    Inner(E),
+    /// The call's job ended without a response.
+    Job(JobError),
+}
+
+impl<E: fmt::Debug> fmt::Debug for ServiceError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceError::Inner(e) => f.debug_tuple("Inner").field(e).finish(),
+            ServiceError::Job(e) => f.debug_tuple("Job").field(e).finish(),
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for ServiceError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceError::Inner(e) => write!(f, "service error: {e}"),
+            ServiceError::Job(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ServiceError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServiceError::Inner(e) => Some(e),
+            ServiceError::Job(e) => Some(e),
+        }
+    }
+}
