@@ -22,6 +22,7 @@ use tracing::Span;
 use crate::error::JobError;
 use crate::handle::Shared;
 use crate::stats::{Outcome, Shard};
+use crate::telemetry::Telemetry;
 
 /// What a job does. Implemented for futures ([`AsyncWork`]) and for blocking
 /// closures ([`BlockingWork`]).
@@ -163,6 +164,7 @@ impl<C, T> Unpin for BlockingWork<C, T> {}
 /// What a worker lends a job while it runs it.
 pub(crate) struct RunCtx<'a> {
     pub(crate) shard: &'a Shard,
+    pub(crate) telemetry: &'a Telemetry,
     /// The job's `taskgate.job` span, from [`Job::begin`].
     pub(crate) span: &'a Span,
     pub(crate) aborted: &'a AtomicBool,
@@ -276,9 +278,11 @@ fn settle<W: Work>(
     result: Result<W::Output, JobError>,
 ) -> Instant {
     let now = Instant::now();
+    let ran = now.saturating_duration_since(ctx.started);
     ctx.shard.record(outcome);
-    ctx.shard
-        .record_run_time(now.saturating_duration_since(ctx.started));
+    ctx.shard.record_run_time(ran);
+    ctx.telemetry.outcome(outcome);
+    ctx.telemetry.run_time(ran);
     match (&outcome, &result) {
         (Outcome::Panicked, Err(JobError::Panicked(msg))) => {
             tracing::warn!(parent: ctx.span, panic = %msg, "taskgate: job panicked");

@@ -74,6 +74,28 @@
 //! [`Pool::try_submit`] or [`Pool::submit_timeout`] and run the child inline when
 //! it is refused (the error hands it back), or submit children to a separate pool.
 //!
+//! # Fitting in
+//!
+//! - [`Pool::group`] fans out and collects, like an errgroup: [`Group::join_next`],
+//!   [`Group::join_all`] in submission order, and [`Group::try_join_all`], which stops
+//!   at the first failure and cancels the rest. Dropping a group cancels its jobs.
+//! - [`PoolStreamExt`] maps a `Stream` through a pool: [`map_pooled`](PoolStreamExt::map_pooled)
+//!   keeps input order, [`map_pooled_unordered`](PoolStreamExt::map_pooled_unordered)
+//!   yields as jobs finish. The jobs run on workers, so a slow consumer does not stall
+//!   them (unlike `buffer_unordered`).
+//! - `taskgate::tower::PoolLayer` (feature `tower`) runs a tower service's calls on a
+//!   pool, without reserving anything in `poll_ready`.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tower` | off | [`tower::PoolLayer`](crate::tower), a `tower::Layer` whose service runs calls on the pool |
+//! | `metrics` | off | counters `taskgate_jobs_total{outcome}` and `taskgate_rejected_total`, gauges `taskgate_workers`, `taskgate_busy`, `taskgate_queued`, and histograms `taskgate_queue_wait_seconds`, `taskgate_run_seconds`, through the `metrics` facade, labelled `pool` (install the recorder before building the pool) |
+//!
+//! With no features the crate depends on tokio, tokio-util, futures, tracing and
+//! pin-project-lite only.
+//!
 //! # Tracing
 //!
 //! Each job runs inside a `DEBUG` span named `taskgate.job`, with `pool` (the name)
@@ -81,6 +103,7 @@
 //! was submitted. Cancellations, timeouts and refusals are logged at `DEBUG`;
 //! panics at `WARN`.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -99,6 +122,7 @@ mod pool;
 mod queue;
 mod stats;
 mod stream;
+mod telemetry;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;

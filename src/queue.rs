@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::JobError;
 use crate::job::{Job, Task, Work};
 use crate::stats::{Shard, Stats, Totals};
+use crate::telemetry::Telemetry;
 
 /// One accepted job waiting in the queue.
 pub(crate) struct Queued {
@@ -94,6 +95,13 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Sets the exported gauges; called under the lock, so the last value set is
+    /// the current one. Nothing when the `metrics` feature is off.
+    #[inline]
+    fn publish(&self, t: &Telemetry) {
+        t.gauges(self.target.max(self.busy), self.busy, self.queue.len());
+    }
+
     fn has_space(&self, capacity: usize) -> bool {
         let free_workers = self.target.saturating_sub(self.busy);
         self.queue.len() < capacity.saturating_add(free_workers)
@@ -202,6 +210,7 @@ pub(crate) struct Inner {
     pub(crate) capacity: usize,
     pub(crate) job_timeout: Option<Duration>,
     pub(crate) queue_timeout: Option<Duration>,
+    pub(crate) telemetry: Telemetry,
 }
 
 impl Inner {
@@ -213,6 +222,8 @@ impl Inner {
         job_timeout: Option<Duration>,
         queue_timeout: Option<Duration>,
     ) -> Self {
+        let telemetry = Telemetry::new(&name);
+        telemetry.gauges(workers, 0, 0);
         Inner {
             state: Padded(Mutex::new(State {
                 queue: VecDeque::new(),
@@ -242,6 +253,7 @@ impl Inner {
             closed: AtomicBool::new(false),
             rt,
             tracker: TaskTracker::new(),
+            telemetry,
             name,
             capacity,
             job_timeout,
@@ -294,7 +306,10 @@ impl Inner {
                         st.submit_waiters += 1;
                     }
                 }
-                None => st.rejected += 1,
+                None => {
+                    st.rejected += 1;
+                    self.telemetry.rejected();
+                }
             }
             return Err((Refused::Full, task));
         }
@@ -317,6 +332,7 @@ impl Inner {
             job: Box::into_pin(task as Box<dyn Job>),
         });
         let action = st.dispatch();
+        st.publish(&self.telemetry);
         drop(st);
         if let Some(a) = action {
             self.act(a);
@@ -336,6 +352,7 @@ impl Inner {
 
     pub(crate) fn count_rejected(&self) {
         self.lock().rejected += 1;
+        self.telemetry.rejected();
     }
 
     /// A future that completes when queue space may have freed, or the pool closed.
@@ -359,6 +376,7 @@ impl Inner {
             notify_space = st.submit_waiters > 0;
         }
         let result = self.next_locked(&mut st, idx, holds_slot, cx);
+        st.publish(&self.telemetry);
         // A worker that took a job hands the search on if more are queued; one
         // that exits may leave a start slot that an idle worker can use.
         let action = if result.is_ready() {
@@ -444,6 +462,7 @@ impl Inner {
                 // Its job ends as cancelled when the guard drops it, just after this.
                 st.cancelled += 1;
                 st.aborted += 1;
+                self.telemetry.cancelled(1);
             }
             st.live -= 1;
             st.remove_slot(idx);
@@ -478,6 +497,8 @@ impl Inner {
             self.reaper.notify_one();
         }
         st.cancelled += 1;
+        self.telemetry.cancelled(1);
+        st.publish(&self.telemetry);
         let notify = st.submit_waiters > 0;
         let closed = st.closed;
         drop(st);
@@ -507,11 +528,16 @@ impl Inner {
                 // A cancel that raced the deadline wins: the caller asked first.
                 if q.job.cancel_requested() {
                     st.cancelled += 1;
+                    self.telemetry.cancelled(1);
                 } else {
                     st.queue_timed_out += 1;
+                    self.telemetry.queue_timed_out(1);
                 }
                 expired.push(q);
             }
+        }
+        if !expired.is_empty() {
+            st.publish(&self.telemetry);
         }
         let next = st.deadlines.first().map(|&(d, _)| d);
         // After close no deadline can be added: once none is left, nothing is left
@@ -579,6 +605,8 @@ impl Inner {
             st.deadlines.clear();
             st.cancelled += drained.len() as u64;
             st.aborted += drained.len() as u64;
+            self.telemetry.cancelled(drained.len() as u64);
+            st.publish(&self.telemetry);
             let mut actions = Vec::new();
             st.wake_idle(&mut actions);
             for a in actions {
@@ -625,6 +653,7 @@ impl Inner {
             while let Some(a) = st.dispatch() {
                 actions.push(a);
             }
+            st.publish(&self.telemetry);
             notify_space = grew && st.submit_waiters > 0;
         }
         for a in actions {

@@ -80,6 +80,7 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
         };
         let mut job = queued.job;
         let Some(span) = job.as_mut().begin(&inner.name, queued.id, &shard) else {
+            inner.telemetry.cancelled(1);
             drop_quietly(job);
             continue;
         };
@@ -87,9 +88,12 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
             Some(t) if !waited => t,
             _ => Instant::now(),
         };
-        shard.record_queue_wait(started.saturating_duration_since(job.submitted()));
+        let waited = started.saturating_duration_since(job.submitted());
+        shard.record_queue_wait(waited);
+        inner.telemetry.queue_wait(waited);
         let ctx = RunCtx {
             shard: &shard,
+            telemetry: &inner.telemetry,
             span: &span,
             aborted: &inner.aborted,
             started,
