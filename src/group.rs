@@ -189,6 +189,21 @@ impl<T> fmt::Debug for Group<T> {
 }
 
 /// Why [`Group::try_join_all`] stopped.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use taskgate::{GroupError, JobError};
+///
+/// let pool = taskgate::Pool::new(2);
+/// let mut group = pool.group::<Result<(), String>>();
+/// group.submit(async { panic!("bug") }).await.unwrap();
+/// match group.try_join_all().await {
+///     Err(GroupError::Pool(JobError::Panicked(msg))) => assert_eq!(msg, "bug"),
+///     other => panic!("{other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub enum GroupError<E> {
     /// A job returned its own error.

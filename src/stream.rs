@@ -49,6 +49,25 @@ type PendingSubmit<T> = Pin<Box<dyn Future<Output = Result<JobHandle<T>, JobErro
 pub trait PoolStreamExt: Stream + Sized {
     /// Maps each item to a job on `pool`, yielding `Result<output, JobError>` **in
     /// input order**.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use futures::StreamExt;
+    /// use taskgate::PoolStreamExt;
+    ///
+    /// let pool = taskgate::Pool::new(3);
+    /// let out: Vec<_> = futures::stream::iter([30u64, 10, 20])
+    ///     .map_pooled(&pool, |ms| async move {
+    ///         tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///         ms
+    ///     })
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(out, [Ok(30), Ok(10), Ok(20)]); // input order
+    /// # }
+    /// ```
     fn map_pooled<F, Fut>(self, pool: &Pool, f: F) -> MapPooled<Self, F, Fut::Output>
     where
         F: FnMut(Self::Item) -> Fut,
@@ -68,6 +87,25 @@ pub trait PoolStreamExt: Stream + Sized {
 
     /// Maps each item to a job on `pool`, yielding `Result<output, JobError>` **as
     /// the jobs finish**.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use futures::StreamExt;
+    /// use taskgate::PoolStreamExt;
+    ///
+    /// let pool = taskgate::Pool::new(3);
+    /// let out: Vec<_> = futures::stream::iter([30u64, 10, 20])
+    ///     .map_pooled_unordered(&pool, |ms| async move {
+    ///         tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///         ms
+    ///     })
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(out, [Ok(10), Ok(20), Ok(30)]); // finishing order
+    /// # }
+    /// ```
     fn map_pooled_unordered<F, Fut>(
         self,
         pool: &Pool,
@@ -159,6 +197,23 @@ pin_project! {
 
 impl<S, F, T> MapPooled<S, F, T> {
     /// Sets how many jobs this stream keeps in flight (at least 1).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use futures::StreamExt;
+    /// use taskgate::PoolStreamExt;
+    ///
+    /// let pool = taskgate::Pool::new(64);
+    /// // At most 4 of this stream's jobs at a time, though the pool allows 64.
+    /// let n = futures::stream::iter(0..100)
+    ///     .map_pooled(&pool, |i| async move { i })
+    ///     .window(4)
+    ///     .count()
+    ///     .await;
+    /// assert_eq!(n, 100);
+    /// # }
+    /// ```
     pub fn window(mut self, n: usize) -> Self {
         self.window = n.max(1);
         self

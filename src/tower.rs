@@ -36,6 +36,26 @@ use crate::error::JobError;
 use crate::pool::Pool;
 
 /// A [`Layer`] that wraps a service in a [`PoolService`], so its calls run on `pool`.
+///
+/// Several services can share one pool, and so one limit.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use tower::{Layer, ServiceExt};
+/// use taskgate::tower::PoolLayer;
+///
+/// let layer = PoolLayer::new(taskgate::Pool::new(8));
+/// let upper = layer.layer(tower::service_fn(|s: String| async move {
+///     Ok::<_, std::convert::Infallible>(s.to_uppercase())
+/// }));
+/// let lower_len = layer.layer(tower::service_fn(|s: String| async move {
+///     Ok::<_, std::convert::Infallible>(s.len())
+/// }));
+/// assert_eq!(upper.oneshot("hi".to_string()).await.unwrap(), "HI");
+/// assert_eq!(lower_len.oneshot("hi".to_string()).await.unwrap(), 2);
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct PoolLayer {
     pool: Pool,
@@ -130,6 +150,23 @@ impl<R, E> fmt::Debug for ResponseFuture<R, E> {
 /// Why a [`PoolService`] call failed: the inner service's own error, or a
 /// [`JobError`] (the pool was closed, or the call timed out, panicked or was
 /// cancelled).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use tower::{Layer, ServiceExt};
+/// use taskgate::{JobError, tower::{PoolLayer, ServiceError}};
+///
+/// let pool = taskgate::Pool::builder().workers(1).job_timeout(Duration::from_secs(1)).build().unwrap();
+/// let slow = PoolLayer::new(pool).layer(tower::service_fn(|_: ()| async {
+///     tokio::time::sleep(Duration::from_secs(60)).await;
+///     Ok::<_, std::io::Error>(())
+/// }));
+/// let err = slow.oneshot(()).await.unwrap_err();
+/// assert!(matches!(err, ServiceError::Job(JobError::TimedOut)));
+/// # }
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub enum ServiceError<E> {
     /// The inner service returned an error.
