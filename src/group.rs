@@ -107,15 +107,14 @@ impl<T: Send + 'static> Group<T> {
     /// Not cancel safe: dropping the call drops the group, which cancels the jobs
     /// that are still running, and loses the results collected so far.
     pub async fn join_all(mut self) -> Vec<Result<T, JobError>> {
-        let mut out: Vec<Option<Result<T, JobError>>> = Vec::new();
-        out.resize_with(self.running.len(), || None);
-        let base = self.next - self.running.len();
-        while let Some((i, r)) = self.running.next().await {
-            out[i - base] = Some(r);
+        // Indices of the jobs left need not be contiguous (`join_next` may have taken
+        // some): collect with their index and sort.
+        let mut out = Vec::with_capacity(self.running.len());
+        while let Some(pair) = self.running.next().await {
+            out.push(pair);
         }
-        out.into_iter()
-            .map(|r| r.unwrap_or(Err(JobError::Cancelled)))
-            .collect()
+        out.sort_unstable_by_key(|&(i, _)| i);
+        out.into_iter().map(|(_, r)| r).collect()
     }
 
     /// The number of jobs submitted and not yet joined.
@@ -164,18 +163,17 @@ where
     /// # }
     /// ```
     pub async fn try_join_all(mut self) -> Result<Vec<U>, GroupError<E>> {
-        let base = self.next - self.running.len();
-        let mut out: Vec<Option<U>> = Vec::new();
-        out.resize_with(self.running.len(), || None);
+        let mut out = Vec::with_capacity(self.running.len());
         while let Some((i, r)) = self.running.next().await {
             match r {
-                Ok(Ok(v)) => out[i - base] = Some(v),
+                Ok(Ok(v)) => out.push((i, v)),
                 // Returning drops `self`, which cancels the jobs still running.
                 Ok(Err(e)) => return Err(GroupError::Job(e)),
                 Err(e) => return Err(GroupError::Pool(e)),
             }
         }
-        Ok(out.into_iter().flatten().collect())
+        out.sort_unstable_by_key(|&(i, _)| i);
+        Ok(out.into_iter().map(|(_, v)| v).collect())
     }
 }
 

@@ -139,3 +139,35 @@ async fn a_group_is_bounded_by_its_pool() {
     assert_eq!(group.join_all().await.len(), 100);
     assert_eq!(g.peak(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn join_all_after_join_next_keeps_submission_order() {
+    let pool = pool(4, 10);
+    let mut group = pool.group();
+    for (i, d) in [40u32, 30, 10, 20, 50].into_iter().enumerate() {
+        group
+            .submit(async move {
+                tokio::time::sleep(MS * d).await;
+                i
+            })
+            .await
+            .unwrap();
+    }
+    // Take the fastest (index 2) first; the rest are no longer contiguous.
+    assert_eq!(group.join_next().await, Some(Ok(2)));
+    let rest: Vec<usize> = group.join_all().await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(rest, [0, 1, 3, 4]);
+
+    let mut group = pool.group::<Result<usize, String>>();
+    for (i, d) in [30u32, 10, 20].into_iter().enumerate() {
+        group
+            .submit(async move {
+                tokio::time::sleep(MS * d).await;
+                Ok(i)
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(group.join_next().await, Some(Ok(Ok(1))));
+    assert_eq!(group.try_join_all().await, Ok(vec![0, 2]));
+}
