@@ -568,6 +568,12 @@ impl Inner {
         (next, exit)
     }
 
+    /// The reaper task was dropped without exiting normally.
+    pub(crate) fn reaper_lost(&self) {
+        self.lock().reaper_running = false;
+        self.drained.notify_waiters();
+    }
+
     pub(crate) fn reaper_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.reaper.notified()
     }

@@ -114,15 +114,36 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
 /// Spawns the task that expires queue timeouts. There is at most one per pool; it
 /// starts with the first job that has a queue timeout.
 pub(crate) fn spawn_reaper(inner: &Arc<Inner>, tracker: &TaskTracker, rt: &Handle) {
-    tracker.spawn_on(reaper(inner.clone()), rt);
+    let guard = ReaperGuard {
+        inner: inner.clone(),
+        exited: false,
+    };
+    tracker.spawn_on(reaper(guard), rt);
 }
 
-async fn reaper(inner: Arc<Inner>) {
+/// Clears `reaper_running` if the reaper is dropped without exiting through `reap`
+/// (its runtime shut down, or it was never polled), so shutdown cannot wait for it.
+struct ReaperGuard {
+    inner: Arc<Inner>,
+    exited: bool,
+}
+
+impl Drop for ReaperGuard {
+    fn drop(&mut self) {
+        if !self.exited {
+            self.inner.reaper_lost();
+        }
+    }
+}
+
+async fn reaper(mut guard: ReaperGuard) {
+    let inner = guard.inner.clone();
     loop {
         // `notify_one` stores a permit, so a deadline added between `reap` and the
         // wait below is not missed.
         let (next, exit) = inner.reap();
         if exit {
+            guard.exited = true;
             return;
         }
         let notified = inner.reaper_notified();
