@@ -128,7 +128,7 @@ where
     /// inside.
     pub fn try_submit(self) -> Result<JobHandle<F::Output>, TrySubmitError<F>> {
         self.pool
-            .try_submit_work(AsyncWork::new(self.fut), self.opts)
+            .try_submit_work(AsyncWork::new(self.fut), self.opts, true)
             .map_err(|e| e.map(AsyncWork::into_inner))
     }
 

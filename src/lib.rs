@@ -91,7 +91,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `tower` | off | [`tower::PoolLayer`](crate::tower), a `tower::Layer` whose service runs calls on the pool |
-//! | `metrics` | off | counters `taskgate_jobs_total{outcome}` and `taskgate_rejected_total`, gauges `taskgate_workers`, `taskgate_busy`, `taskgate_queued`, and histograms `taskgate_queue_wait_seconds`, `taskgate_run_seconds`, through the `metrics` facade, labelled `pool` (install the recorder before building the pool) |
+//! | `metrics` | off | counters `taskgate_jobs_total{outcome}` and `taskgate_rejected_total`, gauges `taskgate_workers`, `taskgate_busy`, `taskgate_queued`, and histograms `taskgate_queue_wait_seconds`, `taskgate_run_seconds`, through the `metrics` facade, labelled `pool` (install the recorder before building the pool, and give each pool its own name: pools that share a name share series) |
 //!
 //! With no features the crate depends on tokio, tokio-util, futures, tracing and
 //! pin-project-lite only.

@@ -14,7 +14,7 @@ use crate::group::Group;
 use crate::handle::{JobHandle, JobId, Shared};
 use crate::job::{BlockingWork, Task, Work};
 use crate::job_builder::JobBuilder;
-use crate::queue::{Inner, Refused};
+use crate::queue::{Inner, Refused, Waiting};
 use crate::stats::{ShutdownReport, Stats};
 
 /// A bounded pool of long-lived worker tasks that run jobs from a bounded queue.
@@ -484,10 +484,14 @@ impl Pool {
     }
 
     /// Submits `work` with a handle if there is space now.
+    ///
+    /// `count` says whether a full queue counts as a rejection: `false` for internal
+    /// probes that go on to wait for space.
     pub(crate) fn try_submit_work<W, T>(
         &self,
         work: W,
         opts: JobOpts,
+        count: bool,
     ) -> Result<JobHandle<T>, TrySubmitError<W>>
     where
         W: Work<Output = T>,
@@ -497,14 +501,28 @@ impl Pool {
         let shared = Arc::new(Shared::new());
         let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
         let deadline = opts.queue_timeout.and_then(|d| now.checked_add(d));
-        match self.inner().push(task, deadline, None) {
+        let waiting = if count { Waiting::No } else { Waiting::Probe };
+        match self.inner().push(task, deadline, waiting) {
             Ok(id) => Ok(JobHandle::new(shared, self.inner().clone(), JobId(id))),
             Err((Refused::Full, t)) => {
-                tracing::debug!(pool = %self.name(), "taskgate: try_submit refused: queue full");
+                if count {
+                    tracing::debug!(pool = %self.name(), "taskgate: try_submit refused: queue full");
+                }
                 Err(TrySubmitError::Full((*t).into_work()))
             }
             Err((Refused::Closed, t)) => Err(TrySubmitError::Closed((*t).into_work())),
         }
+    }
+
+    /// Submits `fut` if there is space now, without counting a refusal as a
+    /// rejection: for callers that go on to wait for space (the stream adapters).
+    pub(crate) fn probe_submit<F>(&self, fut: F) -> Result<JobHandle<F::Output>, TrySubmitError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.try_submit_work(crate::job::AsyncWork::new(fut), self.default_opts(), false)
+            .map_err(|e| e.map(crate::job::AsyncWork::into_inner))
     }
 
     /// Submits `work` detached (no handle), waiting for space.
@@ -550,7 +568,7 @@ impl Pool {
             if was_registered {
                 space.as_mut().enable();
             }
-            match inner.push(task, deadline, Some(&mut guard.registered)) {
+            match inner.push(task, deadline, Waiting::Yes(&mut guard.registered)) {
                 Ok(id) => return Ok(id),
                 Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
                 Err((Refused::Full, t)) => task = t,

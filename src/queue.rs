@@ -33,6 +33,16 @@ pub(crate) struct Queued {
     pub(crate) job: Pin<Box<dyn Job>>,
 }
 
+/// How a push that finds the queue full is accounted.
+pub(crate) enum Waiting<'a> {
+    /// A `try_submit`: count a rejection.
+    No,
+    /// An internal probe that will wait next (the stream adapters): count nothing.
+    Probe,
+    /// A waiting submitter; the flag is its registration in `submit_waiters`.
+    Yes(&'a mut bool),
+}
+
 /// Why a push was refused.
 pub(crate) enum Refused {
     Full,
@@ -288,7 +298,7 @@ impl Inner {
         self: &Arc<Self>,
         task: Box<Task<W, T>>,
         deadline: Option<Instant>,
-        waiting: Option<&mut bool>,
+        waiting: Waiting<'_>,
     ) -> Result<u64, (Refused, Box<Task<W, T>>)>
     where
         W: Work<Output = T>,
@@ -300,16 +310,17 @@ impl Inner {
         }
         if !st.has_space(self.capacity) {
             match waiting {
-                Some(w) => {
+                Waiting::Yes(w) => {
                     if !*w {
                         *w = true;
                         st.submit_waiters += 1;
                     }
                 }
-                None => {
+                Waiting::No => {
                     st.rejected += 1;
                     self.telemetry.rejected();
                 }
+                Waiting::Probe => {}
             }
             return Err((Refused::Full, task));
         }

@@ -145,7 +145,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: Send + 'static,
 {
-    match pool.try_submit(fut) {
+    match pool.probe_submit(fut) {
         Ok(h) => Ok(h),
         Err(TrySubmitError::Closed(_)) => Err(SubmitState::Closed),
         Err(TrySubmitError::Full(fut)) => {

@@ -10,7 +10,9 @@
 //!   pool lock whenever they change, so they are exact when the pool is at rest;
 //! - histograms `taskgate_queue_wait_seconds` and `taskgate_run_seconds`.
 //!
-//! Handles are registered when the pool is built: install the recorder first.
+//! Handles are registered when the pool is built: install the recorder first. Give
+//! each pool its own name: pools that share a name share series, and their gauges
+//! overwrite each other.
 
 use std::time::Duration;
 

@@ -82,6 +82,7 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
         let Some(span) = job.as_mut().begin(&inner.name, queued.id, &shard) else {
             inner.telemetry.cancelled(1);
             drop_quietly(job);
+            last_end = None;
             continue;
         };
         let started = match last_end.take() {
@@ -107,6 +108,11 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
         // the scheduler. Spend one unit of Tokio's cooperative budget per job, so it
         // yields now and then and the tasks sharing its thread (often the very
         // submitter that is waiting for queue space) get to run.
+        if !tokio::task::coop::has_budget_remaining() {
+            // This call yields: other tasks run before the next job, so the previous
+            // end is no longer the next start.
+            last_end = None;
+        }
         tokio::task::coop::consume_budget().await;
     }
 }

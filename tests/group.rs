@@ -155,7 +155,12 @@ async fn join_all_after_join_next_keeps_submission_order() {
     }
     // Take the fastest (index 2) first; the rest are no longer contiguous.
     assert_eq!(group.join_next().await, Some(Ok(2)));
-    let rest: Vec<usize> = group.join_all().await.into_iter().map(Result::unwrap).collect();
+    let rest: Vec<usize> = group
+        .join_all()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(rest, [0, 1, 3, 4]);
 
     let mut group = pool.group::<Result<usize, String>>();

@@ -141,3 +141,19 @@ async fn a_full_queue_applies_backpressure_to_the_stream() {
         .await;
     assert_eq!(out, (0..10).collect::<Vec<_>>());
 }
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_in_a_stream_is_not_counted_as_rejections() {
+    let pool = pool(1, 1);
+    let n = futures::stream::iter(0..10u32)
+        .map_pooled(&pool, |i| async move {
+            tokio::time::sleep(MS).await;
+            i
+        })
+        .window(10)
+        .count()
+        .await;
+    assert_eq!(n, 10);
+    let s = pool.stats();
+    assert_eq!((s.submitted, s.rejected), (10, 0), "{s:?}");
+}
