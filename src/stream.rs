@@ -179,6 +179,74 @@ impl<T> Future for Slot<T> {
     }
 }
 
+/// Where an adapter keeps its jobs in flight: a `VecDeque` (input order) or a
+/// `FuturesUnordered` (finishing order).
+trait InFlight<T> {
+    fn add(&mut self, slot: Slot<T>);
+    fn count(&self) -> usize;
+}
+
+impl<T> InFlight<T> for VecDeque<Slot<T>> {
+    fn add(&mut self, slot: Slot<T>) {
+        self.push_back(slot);
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T> InFlight<T> for FuturesUnordered<Slot<T>> {
+    fn add(&mut self, slot: Slot<T>) {
+        self.push(slot);
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Pulls items from `stream` and submits them until the window is full, the input
+/// is pending or done, or a submission has to wait for queue space.
+#[allow(clippy::too_many_arguments)]
+fn fill<S, F, Fut, Q>(
+    mut stream: Pin<&mut S>,
+    f: &mut F,
+    pool: &Pool,
+    window: usize,
+    in_flight: &mut Q,
+    pending: &mut Option<PendingSubmit<Fut::Output>>,
+    done: &mut bool,
+    cx: &mut Context<'_>,
+) where
+    S: Stream,
+    F: FnMut(S::Item) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+    Q: InFlight<Fut::Output>,
+{
+    loop {
+        if let Some(p) = pending.as_mut() {
+            match p.as_mut().poll(cx) {
+                Poll::Ready(Ok(h)) => in_flight.add(Slot::Job(h)),
+                Poll::Ready(Err(_)) => in_flight.add(Slot::Refused),
+                Poll::Pending => return,
+            }
+            *pending = None;
+        }
+        if *done || in_flight.count() >= window {
+            return;
+        }
+        match stream.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => match submit_now(pool, f(item)) {
+                Ok(h) => in_flight.add(Slot::Job(h)),
+                Err(SubmitState::Closed) => in_flight.add(Slot::Refused),
+                Err(SubmitState::Waiting(p)) => *pending = Some(p),
+            },
+            Poll::Ready(None) => *done = true,
+            Poll::Pending => return,
+        }
+    }
+}
+
 pin_project! {
     /// The stream returned by [`PoolStreamExt::map_pooled`]. Dropping it cancels its
     /// queued and running jobs.
@@ -231,29 +299,16 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
-        // Fill the window.
-        loop {
-            if let Some(p) = this.pending.as_mut() {
-                match p.as_mut().poll(cx) {
-                    Poll::Ready(Ok(h)) => this.in_flight.push_back(Slot::Job(h)),
-                    Poll::Ready(Err(_)) => this.in_flight.push_back(Slot::Refused),
-                    Poll::Pending => break,
-                }
-                *this.pending = None;
-            }
-            if *this.done || this.in_flight.len() >= *this.window {
-                break;
-            }
-            match this.stream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(item)) => match submit_now(this.pool, (this.f)(item)) {
-                    Ok(h) => this.in_flight.push_back(Slot::Job(h)),
-                    Err(SubmitState::Closed) => this.in_flight.push_back(Slot::Refused),
-                    Err(SubmitState::Waiting(p)) => *this.pending = Some(p),
-                },
-                Poll::Ready(None) => *this.done = true,
-                Poll::Pending => break,
-            }
-        }
+        fill(
+            this.stream.as_mut(),
+            this.f,
+            this.pool,
+            *this.window,
+            this.in_flight,
+            this.pending,
+            this.done,
+            cx,
+        );
         // Yield the oldest job's result when it is ready.
         if let Some(front) = this.in_flight.front_mut() {
             let r = ready!(Pin::new(front).poll(cx));
@@ -325,28 +380,16 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
-        loop {
-            if let Some(p) = this.pending.as_mut() {
-                match p.as_mut().poll(cx) {
-                    Poll::Ready(Ok(h)) => this.in_flight.push(Slot::Job(h)),
-                    Poll::Ready(Err(_)) => this.in_flight.push(Slot::Refused),
-                    Poll::Pending => break,
-                }
-                *this.pending = None;
-            }
-            if *this.done || this.in_flight.len() >= *this.window {
-                break;
-            }
-            match this.stream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(item)) => match submit_now(this.pool, (this.f)(item)) {
-                    Ok(h) => this.in_flight.push(Slot::Job(h)),
-                    Err(SubmitState::Closed) => this.in_flight.push(Slot::Refused),
-                    Err(SubmitState::Waiting(p)) => *this.pending = Some(p),
-                },
-                Poll::Ready(None) => *this.done = true,
-                Poll::Pending => break,
-            }
-        }
+        fill(
+            this.stream.as_mut(),
+            this.f,
+            this.pool,
+            *this.window,
+            this.in_flight,
+            this.pending,
+            this.done,
+            cx,
+        );
         match this.in_flight.poll_next_unpin(cx) {
             Poll::Ready(Some(r)) => Poll::Ready(Some(r)),
             Poll::Ready(None) if *this.done && this.pending.is_none() => Poll::Ready(None),
