@@ -1,6 +1,5 @@
 //! [`Builder`]: the settings a pool is made with.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +43,7 @@ use crate::queue::Inner;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct Builder {
     workers: Option<usize>,
     queue_capacity: Option<usize>,
@@ -147,16 +146,4 @@ fn default_workers() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
         .saturating_mul(8)
-}
-
-impl fmt::Debug for Builder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("workers", &self.workers)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("job_timeout", &self.job_timeout)
-            .field("queue_timeout", &self.queue_timeout)
-            .field("name", &self.name)
-            .finish()
-    }
 }

@@ -69,6 +69,15 @@ impl<F> SubmitError<F> {
     }
 }
 
+impl<W> SubmitError<W> {
+    pub(crate) fn map<F>(self, f: impl FnOnce(W) -> F) -> SubmitError<F> {
+        match self {
+            SubmitError::Closed(w) => SubmitError::Closed(f(w)),
+            SubmitError::Timeout(w) => SubmitError::Timeout(f(w)),
+        }
+    }
+}
+
 impl<F> fmt::Debug for SubmitError<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -115,6 +124,15 @@ impl<F> TrySubmitError<F> {
     /// Whether the pool was closed.
     pub fn is_closed(&self) -> bool {
         matches!(self, TrySubmitError::Closed(_))
+    }
+}
+
+impl<W> TrySubmitError<W> {
+    pub(crate) fn map<F>(self, f: impl FnOnce(W) -> F) -> TrySubmitError<F> {
+        match self {
+            TrySubmitError::Full(w) => TrySubmitError::Full(f(w)),
+            TrySubmitError::Closed(w) => TrySubmitError::Closed(f(w)),
+        }
     }
 }
 

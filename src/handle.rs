@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
 use crate::error::JobError;
+use crate::job::drop_quietly;
 use crate::queue::Inner;
 
 /// A worker has claimed the job and is running it (or about to).
@@ -72,12 +73,13 @@ impl<T> Shared<T> {
         self.state.load(Acquire) & COMPLETE != 0
     }
 
-    /// Stores the outcome and wakes the handle. If the handle is gone, the value is
-    /// handed back so the caller can drop it where a panic in its `Drop` is caught.
-    pub(crate) fn complete(&self, r: Result<T, JobError>) -> Option<Result<T, JobError>> {
+    /// Stores the outcome and wakes the handle. If the handle is gone, nobody will
+    /// read the value: it is dropped here, where a panic in its `Drop` is caught.
+    pub(crate) fn complete(&self, r: Result<T, JobError>) {
         if self.state.load(Acquire) & HANDLE_GONE != 0 {
             self.state.fetch_or(COMPLETE, AcqRel);
-            return Some(r);
+            drop_quietly(r);
+            return;
         }
         let waker = {
             let mut slot = self.lock();
@@ -90,7 +92,6 @@ impl<T> Shared<T> {
         if let Some(w) = waker {
             w.wake();
         }
-        None
     }
 
     /// Takes the result if there is one, or registers `waker` to be woken by

@@ -161,10 +161,37 @@ where
 
 impl<C, T> Unpin for BlockingWork<C, T> {}
 
-/// What a worker lends a job while it runs it.
-pub(crate) struct RunCtx<'a> {
+/// Where a worker counts outcomes and latencies: its own stats shard and, with the
+/// `metrics` feature, the exported metrics. Every count goes to both, here.
+#[derive(Clone, Copy)]
+pub(crate) struct Counters<'a> {
     pub(crate) shard: &'a Shard,
     pub(crate) telemetry: &'a Telemetry,
+}
+
+impl Counters<'_> {
+    #[inline]
+    pub(crate) fn outcome(&self, outcome: Outcome) {
+        self.shard.record(outcome);
+        self.telemetry.outcome(outcome);
+    }
+
+    #[inline]
+    pub(crate) fn queue_wait(&self, d: Duration) {
+        self.shard.record_queue_wait(d);
+        self.telemetry.queue_wait(d);
+    }
+
+    #[inline]
+    fn run_time(&self, d: Duration) {
+        self.shard.record_run_time(d);
+        self.telemetry.run_time(d);
+    }
+}
+
+/// What a worker lends a job while it runs it.
+pub(crate) struct RunCtx<'a> {
+    pub(crate) counters: Counters<'a>,
     /// The job's `taskgate.job` span, from [`Job::begin`].
     pub(crate) span: &'a Span,
     pub(crate) aborted: &'a AtomicBool,
@@ -184,11 +211,11 @@ pub(crate) trait Job: Send {
 
     /// Claims the job for running and returns its `taskgate.job` span. Returns
     /// `None` if its caller cancelled it first; the job is then resolved as
-    /// cancelled (and counted in `shard`), and must not be polled.
-    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, shard: &Shard) -> Option<Span>;
+    /// cancelled (and counted), and must not be polled.
+    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, counters: Counters<'_>) -> Option<Span>;
 
     /// Drives the job to its outcome: output, panic, timeout, cancel or abort. The
-    /// outcome is counted in `ctx.shard` before the handle is resolved, and the work
+    /// outcome is counted in `ctx.counters` before the handle is resolved, and the work
     /// is dropped before this returns `Ready` with the time the job ended.
     fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &RunCtx<'_>) -> Poll<Instant>;
 
@@ -231,7 +258,7 @@ pin_project! {
             if let Some(shared) = this.shared.take()
                 && !shared.is_complete()
             {
-                drop_quietly(shared.complete(Err(JobError::Cancelled)));
+                shared.complete(Err(JobError::Cancelled));
             }
         }
     }
@@ -278,11 +305,9 @@ fn settle<W: Work>(
     result: Result<W::Output, JobError>,
 ) -> Instant {
     let now = Instant::now();
-    let ran = now.saturating_duration_since(ctx.started);
-    ctx.shard.record(outcome);
-    ctx.shard.record_run_time(ran);
-    ctx.telemetry.outcome(outcome);
-    ctx.telemetry.run_time(ran);
+    ctx.counters.outcome(outcome);
+    ctx.counters
+        .run_time(now.saturating_duration_since(ctx.started));
     match (&outcome, &result) {
         (Outcome::Panicked, Err(JobError::Panicked(msg))) => {
             tracing::warn!(parent: ctx.span, panic = %msg, "taskgate: job panicked");
@@ -309,11 +334,7 @@ fn settle<W: Work>(
     }
     *this.sleep = None;
     match this.shared.as_ref() {
-        Some(shared) => {
-            if let Some(unread) = shared.complete(result) {
-                drop_quietly(unread);
-            }
-        }
+        Some(shared) => shared.complete(result),
         None => drop_quietly(result),
     }
     now
@@ -340,21 +361,19 @@ impl<W: Work> Job for Task<W, W::Output> {
         self.lingering || self.work.is_none()
     }
 
-    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, shard: &Shard) -> Option<Span> {
+    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, counters: Counters<'_>) -> Option<Span> {
         let mut this = self.project();
         if let Some(shared) = this.shared.as_ref()
             && !shared.claim_start()
         {
-            shard.record(Outcome::Cancelled);
+            counters.outcome(Outcome::Cancelled);
             tracing::debug!(
                 pool,
                 job = id,
                 "taskgate: queued job cancelled by its caller"
             );
             drop_work(this.work.as_mut());
-            if let Some(unread) = shared.complete(Err(JobError::Cancelled)) {
-                drop_quietly(unread);
-            }
+            shared.complete(Err(JobError::Cancelled));
             return None;
         }
         if let Some(t) = *this.timeout {
@@ -422,10 +441,8 @@ impl<W: Work> Job for Task<W, W::Output> {
     fn resolve_unstarted(self: Pin<&mut Self>, err: JobError) {
         let mut this = self.project();
         drop_work(this.work.as_mut());
-        if let Some(shared) = this.shared.as_ref()
-            && let Some(unread) = shared.complete(Err(err))
-        {
-            drop_quietly(unread);
+        if let Some(shared) = this.shared.as_ref() {
+            shared.complete(Err(err));
         }
     }
 }

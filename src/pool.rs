@@ -460,6 +460,10 @@ impl Pool {
         inner.wait_workers().await;
     }
 
+    fn handle<T>(&self, shared: Arc<Shared<T>>, id: u64) -> JobHandle<T> {
+        JobHandle::new(shared, self.inner().clone(), JobId(id))
+    }
+
     /// Submits `work` with a handle, waiting for space (at most `wait`, if given).
     ///
     /// The output is a separate parameter `T`, not `W::Output`: a projection held
@@ -477,10 +481,9 @@ impl Pool {
         T: Send + 'static,
     {
         let now = Instant::now();
-        let shared = Arc::new(Shared::new());
-        let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
+        let (task, shared) = with_handle(work, opts, now);
         let id = self.enqueue(task, opts.queue_timeout, wait, now).await?;
-        Ok(JobHandle::new(shared, self.inner().clone(), JobId(id)))
+        Ok(self.handle(shared, id))
     }
 
     /// Submits `work` with a handle if there is space now.
@@ -498,12 +501,11 @@ impl Pool {
         T: Send + 'static,
     {
         let now = Instant::now();
-        let shared = Arc::new(Shared::new());
-        let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
+        let (task, shared) = with_handle(work, opts, now);
         let deadline = opts.queue_timeout.and_then(|d| now.checked_add(d));
         let waiting = if count { Waiting::No } else { Waiting::Probe };
         match self.inner().push(task, deadline, waiting) {
-            Ok(id) => Ok(JobHandle::new(shared, self.inner().clone(), JobId(id))),
+            Ok(id) => Ok(self.handle(shared, id)),
             Err((Refused::Full, t)) => {
                 if count {
                     tracing::debug!(pool = %self.name(), "taskgate: try_submit refused: queue full");
@@ -554,27 +556,28 @@ impl Pool {
         T: Send + 'static,
     {
         let inner = self.inner();
-        let wait_deadline = wait.and_then(|w| now.checked_add(w));
         let mut deadline = queue_timeout.and_then(|d| now.checked_add(d));
         let mut guard = WaitGuard {
             inner,
             registered: false,
         };
+        // The fast path: no notification is created unless the queue is full. A
+        // `Full` registers this call as a waiter under the lock, so workers notify
+        // `space` from then on.
+        match inner.push(task, deadline, Waiting::Yes(&mut guard.registered)) {
+            Ok(id) => return Ok(id),
+            Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
+            Err((Refused::Full, t)) => task = t,
+        }
+        let wait_deadline = wait.and_then(|w| now.checked_add(w));
         loop {
+            // Enabled before the retry, so a slot freed in between is not missed.
             let mut space = pin!(inner.space());
-            // The first `Full` registers this call as a waiter under the lock; after
-            // that, enable the notification before each retry so none is missed.
-            let was_registered = guard.registered;
-            if was_registered {
-                space.as_mut().enable();
-            }
+            space.as_mut().enable();
             match inner.push(task, deadline, Waiting::Yes(&mut guard.registered)) {
                 Ok(id) => return Ok(id),
                 Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
                 Err((Refused::Full, t)) => task = t,
-            }
-            if !was_registered {
-                continue;
             }
             match wait_deadline {
                 Some(at) => {
@@ -595,22 +598,12 @@ impl Pool {
     }
 }
 
-impl<W> SubmitError<W> {
-    pub(crate) fn map<F>(self, f: impl FnOnce(W) -> F) -> SubmitError<F> {
-        match self {
-            SubmitError::Closed(w) => SubmitError::Closed(f(w)),
-            SubmitError::Timeout(w) => SubmitError::Timeout(f(w)),
-        }
-    }
-}
-
-impl<W> TrySubmitError<W> {
-    pub(crate) fn map<F>(self, f: impl FnOnce(W) -> F) -> TrySubmitError<F> {
-        match self {
-            TrySubmitError::Full(w) => TrySubmitError::Full(f(w)),
-            TrySubmitError::Closed(w) => TrySubmitError::Closed(f(w)),
-        }
-    }
+/// A job's envelope and the result cell its handle will share: the two
+/// allocations of a job with a handle.
+fn with_handle<W, T>(work: W, opts: JobOpts, now: Instant) -> (Box<Task<W, T>>, Arc<Shared<T>>) {
+    let shared = Arc::new(Shared::new());
+    let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
+    (task, shared)
 }
 
 impl fmt::Debug for Pool {

@@ -160,17 +160,26 @@ impl State {
         None
     }
 
-    /// Wakes every parked worker (to exit, or to re-check after close).
-    fn wake_idle(&mut self, out: &mut Vec<Action>) {
+    /// Unparks every parked worker (to exit, or to re-check after close) and
+    /// returns their wakers, to wake once the lock is released.
+    fn unpark_all(&mut self, out: &mut Vec<Waker>) {
         while let Some(idx) = self.idle.pop() {
             let slot = self.slots[idx].as_mut().expect("idle slot exists");
             slot.parked = false;
             slot.woken = true;
             self.searching += 1;
-            if let Some(w) = slot.waker.clone() {
-                out.push(Action::Wake(w));
-            }
+            out.extend(slot.waker.clone());
         }
+    }
+
+    /// Sums the counters of every worker, live and retired.
+    fn totals(&self) -> Totals {
+        let mut totals = Totals::new();
+        totals.add(&self.retired);
+        for slot in self.slots.iter().flatten() {
+            totals.add(&slot.shard);
+        }
+        totals
     }
 
     fn remove_slot(&mut self, idx: usize) {
@@ -478,8 +487,8 @@ impl Inner {
             st.live -= 1;
             st.remove_slot(idx);
         }
+        // Also wakes a shutdown waiting for the pool to drain.
         self.abort();
-        self.drained.notify_waiters();
     }
 
     /// Wakes the worker running job `id`, so that it sees the job's cancel flag.
@@ -590,7 +599,7 @@ impl Inner {
     }
 
     pub(crate) fn close(&self) {
-        let mut actions = Vec::new();
+        let mut wakers = Vec::new();
         {
             let mut st = self.lock();
             if st.closed {
@@ -598,13 +607,11 @@ impl Inner {
             }
             st.closed = true;
             self.closed.store(true, Ordering::Release);
-            st.wake_idle(&mut actions);
+            st.unpark_all(&mut wakers);
         }
         self.tracker.close();
-        for a in actions {
-            if let Action::Wake(w) = a {
-                w.wake();
-            }
+        for w in wakers {
+            w.wake();
         }
         self.space.notify_waiters();
         self.reaper.notify_one();
@@ -624,13 +631,7 @@ impl Inner {
             st.aborted += drained.len() as u64;
             self.telemetry.cancelled(drained.len() as u64);
             st.publish(&self.telemetry);
-            let mut actions = Vec::new();
-            st.wake_idle(&mut actions);
-            for a in actions {
-                if let Action::Wake(w) = a {
-                    wakers.push(w);
-                }
-            }
+            st.unpark_all(&mut wakers);
             // Interrupt running jobs: their workers see `aborted` at the next poll.
             for slot in st.slots.iter().flatten() {
                 if let Some(w) = &slot.waker {
@@ -656,6 +657,7 @@ impl Inner {
     }
 
     pub(crate) fn resize(self: &Arc<Self>, workers: usize) {
+        let mut wakers = Vec::new();
         let mut actions = Vec::new();
         let notify_space;
         {
@@ -665,13 +667,16 @@ impl Inner {
             if st.live > workers {
                 // Wake idle workers so the surplus can exit; busy ones exit when
                 // their job ends. Running jobs are never interrupted.
-                st.wake_idle(&mut actions);
+                st.unpark_all(&mut wakers);
             }
             while let Some(a) = st.dispatch() {
                 actions.push(a);
             }
             st.publish(&self.telemetry);
             notify_space = grew && st.submit_waiters > 0;
+        }
+        for w in wakers {
+            w.wake();
         }
         for a in actions {
             self.act(a);
@@ -701,12 +706,8 @@ impl Inner {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let mut totals = Totals::new();
         let st = self.lock();
-        totals.add(&st.retired);
-        for slot in st.slots.iter().flatten() {
-            totals.add(&slot.shard);
-        }
+        let totals = st.totals();
         Stats {
             workers: st.target.max(st.busy),
             busy: st.busy,
@@ -726,11 +727,6 @@ impl Inner {
     /// Jobs cancelled by abort so far, queued and running.
     pub(crate) fn aborted_count(&self) -> u64 {
         let st = self.lock();
-        let mut totals = Totals::new();
-        totals.add(&st.retired);
-        for slot in st.slots.iter().flatten() {
-            totals.add(&slot.shard);
-        }
-        st.aborted + totals.aborted
+        st.aborted + st.totals().aborted
     }
 }

@@ -14,7 +14,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::job::{Job, RunCtx, drop_quietly};
+use crate::job::{Counters, Job, RunCtx, drop_quietly};
 use crate::queue::Inner;
 use crate::stats::Shard;
 
@@ -79,8 +79,11 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
             return;
         };
         let mut job = queued.job;
-        let Some(span) = job.as_mut().begin(&inner.name, queued.id, &shard) else {
-            inner.telemetry.cancelled(1);
+        let counters = Counters {
+            shard: &shard,
+            telemetry: &inner.telemetry,
+        };
+        let Some(span) = job.as_mut().begin(&inner.name, queued.id, counters) else {
             drop_quietly(job);
             last_end = None;
             continue;
@@ -89,12 +92,9 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
             Some(t) if !waited => t,
             _ => Instant::now(),
         };
-        let waited = started.saturating_duration_since(job.submitted());
-        shard.record_queue_wait(waited);
-        inner.telemetry.queue_wait(waited);
+        counters.queue_wait(started.saturating_duration_since(job.submitted()));
         let ctx = RunCtx {
-            shard: &shard,
-            telemetry: &inner.telemetry,
+            counters,
             span: &span,
             aborted: &inner.aborted,
             started,
