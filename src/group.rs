@@ -21,6 +21,9 @@ use crate::pool::Pool;
 ///
 /// **Dropping a `Group` cancels its unfinished jobs**: queued ones never start,
 /// running ones are dropped at their next `.await`. Results not yet joined are lost.
+/// Each job has the pool's default run and queue timeouts; one that times out
+/// joins as `Err(JobError::TimedOut)` (or `QueueTimedOut`). The group holds a clone
+/// of the pool, so the pool stays open while the group lives.
 ///
 /// # Example
 ///
@@ -202,21 +205,12 @@ impl<T> fmt::Debug for Group<T> {
 /// }
 /// # }
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum GroupError<E> {
     /// A job returned its own error.
     Job(E),
     /// A job ended without output: it panicked, timed out or was cancelled.
     Pool(JobError),
-}
-
-impl<E: fmt::Debug> fmt::Debug for GroupError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GroupError::Job(e) => f.debug_tuple("Job").field(e).finish(),
-            GroupError::Pool(e) => f.debug_tuple("Pool").field(e).finish(),
-        }
-    }
 }
 
 impl<E: fmt::Display> fmt::Display for GroupError<E> {

@@ -139,7 +139,9 @@ impl fmt::Display for JobId {
 /// it, call [`detach`](JobHandle::detach).
 ///
 /// Awaiting the handle gives `Ok(output)`, or a [`JobError`] saying why there is no
-/// output. The handle resolves exactly once for every accepted job, including when
+/// output: `TimedOut` once the job runs past its run timeout (its future is dropped
+/// at that moment), `QueueTimedOut` if it waited past its queue timeout without
+/// starting. The handle resolves exactly once for every accepted job, including when
 /// the pool is closed, aborted, or its runtime shuts down.
 ///
 /// # Cancel safety

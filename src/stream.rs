@@ -27,7 +27,9 @@ type PendingSubmit<T> = Pin<Box<dyn Future<Output = Result<JobHandle<T>, JobErro
 /// futures-rs#2387), the jobs here progress on the workers while the consumer is
 /// busy. Each adapter keeps at most `window` jobs in flight: by default the pool's
 /// worker count when the adapter is made (at least 1, at most 1024); set it with
-/// `.window(n)`. **Dropping the stream cancels its queued and running jobs.**
+/// `.window(n)`. **Dropping the stream cancels its queued and running jobs.** Each
+/// job has the pool's default run and queue timeouts, and a job that times out,
+/// panics or is refused (the pool closed) yields its [`JobError`] in its place.
 ///
 /// # Example
 ///
@@ -75,13 +77,8 @@ pub trait PoolStreamExt: Stream + Sized {
         Fut::Output: Send + 'static,
     {
         MapPooled {
-            stream: self,
-            f,
-            pool: pool.clone(),
-            window: default_window(pool),
+            feed: Feed::new(self, f, pool),
             in_flight: VecDeque::new(),
-            pending: None,
-            done: false,
         }
     }
 
@@ -117,22 +114,13 @@ pub trait PoolStreamExt: Stream + Sized {
         Fut::Output: Send + 'static,
     {
         MapPooledUnordered {
-            stream: self,
-            f,
-            pool: pool.clone(),
-            window: default_window(pool),
+            feed: Feed::new(self, f, pool),
             in_flight: FuturesUnordered::new(),
-            pending: None,
-            done: false,
         }
     }
 }
 
 impl<S: Stream> PoolStreamExt for S {}
-
-fn default_window(pool: &Pool) -> usize {
-    pool.stats().workers.clamp(1, MAX_DEFAULT_WINDOW)
-}
 
 /// Submits `fut` without waiting if there is space; otherwise returns a boxed
 /// submission that waits for it. A closed pool gives a ready `Err(Closed)` handle
@@ -204,45 +192,74 @@ impl<T> InFlight<T> for FuturesUnordered<Slot<T>> {
     }
 }
 
-/// Pulls items from `stream` and submits them until the window is full, the input
-/// is pending or done, or a submission has to wait for queue space.
-#[allow(clippy::too_many_arguments)]
-fn fill<S, F, Fut, Q>(
-    mut stream: Pin<&mut S>,
-    f: &mut F,
-    pool: &Pool,
-    window: usize,
-    in_flight: &mut Q,
-    pending: &mut Option<PendingSubmit<Fut::Output>>,
-    done: &mut bool,
-    cx: &mut Context<'_>,
-) where
+pin_project! {
+    /// The input side both adapters share: the stream, the mapping, the window, and
+    /// a submission waiting for queue space.
+    struct Feed<S, F, T> {
+        #[pin]
+        stream: S,
+        f: F,
+        pool: Pool,
+        window: usize,
+        pending: Option<PendingSubmit<T>>,
+        done: bool,
+    }
+}
+
+impl<S, F, T> Feed<S, F, T> {
+    fn new(stream: S, f: F, pool: &Pool) -> Self {
+        Feed {
+            stream,
+            f,
+            pool: pool.clone(),
+            window: pool.stats().workers.clamp(1, MAX_DEFAULT_WINDOW),
+            pending: None,
+            done: false,
+        }
+    }
+
+    /// The input is exhausted and nothing is waiting to be submitted.
+    fn finished(&self) -> bool {
+        self.done && self.pending.is_none()
+    }
+}
+
+impl<S, F, Fut> Feed<S, F, Fut::Output>
+where
     S: Stream,
     F: FnMut(S::Item) -> Fut,
     Fut: Future + Send + 'static,
     Fut::Output: Send + 'static,
-    Q: InFlight<Fut::Output>,
 {
-    loop {
-        if let Some(p) = pending.as_mut() {
-            match p.as_mut().poll(cx) {
-                Poll::Ready(Ok(h)) => in_flight.add(Slot::Job(h)),
-                Poll::Ready(Err(_)) => in_flight.add(Slot::Refused),
+    /// Pulls items and submits them until the window is full, the input is pending
+    /// or done, or a submission has to wait for queue space.
+    fn fill<Q: InFlight<Fut::Output>>(
+        self: Pin<&mut Self>,
+        in_flight: &mut Q,
+        cx: &mut Context<'_>,
+    ) {
+        let mut this = self.project();
+        loop {
+            if let Some(p) = this.pending.as_mut() {
+                match p.as_mut().poll(cx) {
+                    Poll::Ready(Ok(h)) => in_flight.add(Slot::Job(h)),
+                    Poll::Ready(Err(_)) => in_flight.add(Slot::Refused),
+                    Poll::Pending => return,
+                }
+                *this.pending = None;
+            }
+            if *this.done || in_flight.count() >= *this.window {
+                return;
+            }
+            match this.stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(item)) => match submit_now(this.pool, (this.f)(item)) {
+                    Ok(h) => in_flight.add(Slot::Job(h)),
+                    Err(SubmitState::Closed) => in_flight.add(Slot::Refused),
+                    Err(SubmitState::Waiting(p)) => *this.pending = Some(p),
+                },
+                Poll::Ready(None) => *this.done = true,
                 Poll::Pending => return,
             }
-            *pending = None;
-        }
-        if *done || in_flight.count() >= window {
-            return;
-        }
-        match stream.as_mut().poll_next(cx) {
-            Poll::Ready(Some(item)) => match submit_now(pool, f(item)) {
-                Ok(h) => in_flight.add(Slot::Job(h)),
-                Err(SubmitState::Closed) => in_flight.add(Slot::Refused),
-                Err(SubmitState::Waiting(p)) => *pending = Some(p),
-            },
-            Poll::Ready(None) => *done = true,
-            Poll::Pending => return,
         }
     }
 }
@@ -253,13 +270,8 @@ pin_project! {
     #[must_use = "streams do nothing unless polled"]
     pub struct MapPooled<S, F, T> {
         #[pin]
-        stream: S,
-        f: F,
-        pool: Pool,
-        window: usize,
+        feed: Feed<S, F, T>,
         in_flight: VecDeque<Slot<T>>,
-        pending: Option<PendingSubmit<T>>,
-        done: bool,
     }
 }
 
@@ -283,7 +295,7 @@ impl<S, F, T> MapPooled<S, F, T> {
     /// # }
     /// ```
     pub fn window(mut self, n: usize) -> Self {
-        self.window = n.max(1);
+        self.feed.window = n.max(1);
         self
     }
 }
@@ -299,23 +311,14 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
-        fill(
-            this.stream.as_mut(),
-            this.f,
-            this.pool,
-            *this.window,
-            this.in_flight,
-            this.pending,
-            this.done,
-            cx,
-        );
+        this.feed.as_mut().fill(this.in_flight, cx);
         // Yield the oldest job's result when it is ready.
         if let Some(front) = this.in_flight.front_mut() {
             let r = ready!(Pin::new(front).poll(cx));
             this.in_flight.pop_front();
             return Poll::Ready(Some(r));
         }
-        if *this.done && this.pending.is_none() {
+        if this.feed.finished() {
             Poll::Ready(None)
         } else {
             Poll::Pending
@@ -331,15 +334,15 @@ where
     Fut::Output: Send + 'static,
 {
     fn is_terminated(&self) -> bool {
-        self.done && self.pending.is_none() && self.in_flight.is_empty()
+        self.feed.finished() && self.in_flight.is_empty()
     }
 }
 
 impl<S, F, T> fmt::Debug for MapPooled<S, F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MapPooled")
-            .field("pool", &self.pool.name())
-            .field("window", &self.window)
+            .field("pool", &self.feed.pool.name())
+            .field("window", &self.feed.window)
             .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
@@ -351,20 +354,15 @@ pin_project! {
     #[must_use = "streams do nothing unless polled"]
     pub struct MapPooledUnordered<S, F, T> {
         #[pin]
-        stream: S,
-        f: F,
-        pool: Pool,
-        window: usize,
+        feed: Feed<S, F, T>,
         in_flight: FuturesUnordered<Slot<T>>,
-        pending: Option<PendingSubmit<T>>,
-        done: bool,
     }
 }
 
 impl<S, F, T> MapPooledUnordered<S, F, T> {
     /// Sets how many jobs this stream keeps in flight (at least 1).
     pub fn window(mut self, n: usize) -> Self {
-        self.window = n.max(1);
+        self.feed.window = n.max(1);
         self
     }
 }
@@ -380,19 +378,10 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
-        fill(
-            this.stream.as_mut(),
-            this.f,
-            this.pool,
-            *this.window,
-            this.in_flight,
-            this.pending,
-            this.done,
-            cx,
-        );
+        this.feed.as_mut().fill(this.in_flight, cx);
         match this.in_flight.poll_next_unpin(cx) {
             Poll::Ready(Some(r)) => Poll::Ready(Some(r)),
-            Poll::Ready(None) if *this.done && this.pending.is_none() => Poll::Ready(None),
+            Poll::Ready(None) if this.feed.finished() => Poll::Ready(None),
             _ => Poll::Pending,
         }
     }
@@ -406,15 +395,15 @@ where
     Fut::Output: Send + 'static,
 {
     fn is_terminated(&self) -> bool {
-        self.done && self.pending.is_none() && self.in_flight.is_empty()
+        self.feed.finished() && self.in_flight.is_empty()
     }
 }
 
 impl<S, F, T> fmt::Debug for MapPooledUnordered<S, F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MapPooledUnordered")
-            .field("pool", &self.pool.name())
-            .field("window", &self.window)
+            .field("pool", &self.feed.pool.name())
+            .field("window", &self.feed.window)
             .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }

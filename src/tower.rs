@@ -84,6 +84,11 @@ impl<S> Layer<S> for PoolLayer {
 /// Each call clones the inner service and, on a worker, waits for the clone's
 /// `poll_ready` and then calls it. The inner service must therefore be `Clone`
 /// (wrap it in tower's `Buffer` if it is not).
+///
+/// Each call is a job with the pool's default run and queue timeouts; one that
+/// times out fails with [`ServiceError::Job`]. Dropping a call's
+/// [`ResponseFuture`] cancels that call; dropping the service itself cancels
+/// nothing, since each response future owns its own job.
 #[derive(Clone, Debug)]
 pub struct PoolService<S> {
     inner: S,
@@ -167,21 +172,12 @@ impl<R, E> fmt::Debug for ResponseFuture<R, E> {
 /// assert!(matches!(err, ServiceError::Job(JobError::TimedOut)));
 /// # }
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum ServiceError<E> {
     /// The inner service returned an error.
     Inner(E),
     /// The call's job ended without a response.
     Job(JobError),
-}
-
-impl<E: fmt::Debug> fmt::Debug for ServiceError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServiceError::Inner(e) => f.debug_tuple("Inner").field(e).finish(),
-            ServiceError::Job(e) => f.debug_tuple("Job").field(e).finish(),
-        }
-    }
 }
 
 impl<E: fmt::Display> fmt::Display for ServiceError<E> {
