@@ -276,14 +276,14 @@ async fn fire_and_forget(approach: &str) -> String {
 
 // ---- driver ----
 
-fn parse(line: &str) -> std::collections::HashMap<String, f64> {
+fn parse(line: &str) -> Fields {
     line.split_whitespace()
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0.0)))
         .collect()
 }
 
-fn run_child(exp: &str, approach: &str, extra: &[&str]) -> std::collections::HashMap<String, f64> {
+fn run_child(exp: &str, approach: &str, extra: &[&str]) -> Fields {
     let exe = std::env::current_exe().expect("exe");
     let out = Command::new(exe)
         .args(["--child", exp, approach])
@@ -303,6 +303,21 @@ fn run_child(exp: &str, approach: &str, extra: &[&str]) -> std::collections::Has
         });
     parse(&line["RESULT ".len()..])
 }
+
+/// One row of a comparison table: a label, our two figures, and the published one.
+fn row(label: &str, ours: impl std::fmt::Display, pool: impl std::fmt::Display, published: &str) {
+    println!("   {label:<22} {ours:>14} {pool:>14}   {published}");
+}
+
+fn mib(r: &Fields) -> String {
+    fmt_mib(r["rss_kib"] as u64)
+}
+
+fn micros(r: &Fields, key: &str) -> String {
+    fmt_dur(Duration::from_micros(r[key] as u64))
+}
+
+type Fields = std::collections::HashMap<String, f64>;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -348,32 +363,26 @@ fn main() {
         println!(
             "1. {REQS} concurrent HTTP requests to a loopback server (10 ms each); pool of 200 workers"
         );
-        println!(
-            "   {:<22} {:>14} {:>14}   {:<30}",
-            "", "unbounded", "taskgate", "published Go (unbounded -> pool)"
+        row(
+            "",
+            "unbounded",
+            "taskgate",
+            "published Go (unbounded -> pool)",
         );
-        println!(
-            "   {:<22} {:>14} {:>14}   {:<30}",
-            "peak RSS",
-            fmt_mib(s["rss_kib"] as u64),
-            fmt_mib(p["rss_kib"] as u64),
-            "1.4 GB -> 280 MB"
+        row("peak RSS", mib(&s), mib(&p), "1.4 GB -> 280 MB");
+        row(
+            "throughput (req/s)",
+            s["rps"].round(),
+            p["rps"].round(),
+            "8.4k -> 22.1k",
         );
-        println!(
-            "   {:<22} {:>14.0} {:>14.0}   {:<30}",
-            "throughput (req/s)", s["rps"], p["rps"], "8.4k -> 22.1k"
-        );
-        println!(
-            "   {:<22} {:>14} {:>14}   {:<30}",
+        row(
             "p99 latency",
-            fmt_dur(Duration::from_micros(s["p99_us"] as u64)),
-            fmt_dur(Duration::from_micros(p["p99_us"] as u64)),
-            "4.2 s -> 340 ms"
+            micros(&s, "p99_us"),
+            micros(&p, "p99_us"),
+            "4.2 s -> 340 ms",
         );
-        println!(
-            "   {:<22} {:>14} {:>14}",
-            "errors", s["errors"], p["errors"]
-        );
+        row("errors", s["errors"], p["errors"], "");
         println!();
         drop(rt);
     }
@@ -385,29 +394,15 @@ fn main() {
             "2. {OPS} concurrent operations (32 KiB buffer held 5 ms each); pool of cores x 4 = {w}, queue {}",
             w * 10
         );
-        println!(
-            "   {:<22} {:>14} {:>14}   {:<30}",
-            "", "unbounded", "taskgate", "published Go"
-        );
-        println!(
-            "   {:<22} {:>14} {:>14}   {:<30}",
-            "peak RSS",
-            fmt_mib(s["rss_kib"] as u64),
-            fmt_mib(p["rss_kib"] as u64),
-            "2.1 GB -> 247 MB"
-        );
-        println!(
-            "   {:<22} {:>13.0}% {:>14}   {:<30}",
-            "memory reduction",
-            0.0,
-            format!("{:.0}%", 100.0 * (1.0 - p["rss_kib"] / s["rss_kib"])),
-            "85%"
-        );
-        println!(
-            "   {:<22} {:>14} {:>14}",
+        row("", "unbounded", "taskgate", "published Go");
+        row("peak RSS", mib(&s), mib(&p), "2.1 GB -> 247 MB");
+        let reduction = 100.0 * (1.0 - p["rss_kib"] / s["rss_kib"]);
+        row("memory reduction", "", format!("{reduction:.0}%"), "85%");
+        row(
             "wall time",
-            fmt_dur(Duration::from_micros(s["wall_us"] as u64)),
-            fmt_dur(Duration::from_micros(p["wall_us"] as u64))
+            micros(&s, "wall_us"),
+            micros(&p, "wall_us"),
+            "",
         );
         println!();
     }
@@ -448,24 +443,20 @@ fn main() {
         println!(
             "4. {OFFERED} offered fire-and-forget jobs (10 ms each); pool of 1024 with backpressure"
         );
-        println!("   {:<22} {:>14} {:>14}", "", "unbounded", "taskgate");
-        println!(
-            "   {:<22} {:>14} {:>14}",
-            "peak RSS",
-            fmt_mib(s["rss_kib"] as u64),
-            fmt_mib(p["rss_kib"] as u64)
-        );
-        println!(
-            "   {:<22} {:>14} {:>13.1}%   (target: <= 10%)",
+        row("", "unbounded", "taskgate", "");
+        row("peak RSS", mib(&s), mib(&p), "");
+        let share = 100.0 * p["rss_kib"] / s["rss_kib"];
+        row(
             "pool / unbounded",
             "",
-            100.0 * p["rss_kib"] / s["rss_kib"]
+            format!("{share:.1}%"),
+            "(target: <= 10%)",
         );
-        println!(
-            "   {:<22} {:>14} {:>14}",
+        row(
             "wall time",
-            fmt_dur(Duration::from_micros(s["wall_us"] as u64)),
-            fmt_dur(Duration::from_micros(p["wall_us"] as u64))
+            micros(&s, "wall_us"),
+            micros(&p, "wall_us"),
+            "",
         );
     }
 }
