@@ -112,6 +112,25 @@ impl State {
         t.gauges(self.target.max(self.busy), self.busy, self.queue.len());
     }
 
+    /// Counts `n` queued jobs cancelled (`by_abort`: by abort or a lost worker).
+    fn count_cancelled(&mut self, t: &Telemetry, n: u64, by_abort: bool) {
+        self.cancelled += n;
+        if by_abort {
+            self.aborted += n;
+        }
+        t.cancelled(n);
+    }
+
+    fn count_queue_timed_out(&mut self, t: &Telemetry) {
+        self.queue_timed_out += 1;
+        t.queue_timed_out(1);
+    }
+
+    fn count_rejected(&mut self, t: &Telemetry) {
+        self.rejected += 1;
+        t.rejected();
+    }
+
     fn has_space(&self, capacity: usize) -> bool {
         let free_workers = self.target.saturating_sub(self.busy);
         self.queue.len() < capacity.saturating_add(free_workers)
@@ -325,10 +344,7 @@ impl Inner {
                         st.submit_waiters += 1;
                     }
                 }
-                Waiting::No => {
-                    st.rejected += 1;
-                    self.telemetry.rejected();
-                }
+                Waiting::No => st.count_rejected(&self.telemetry),
                 Waiting::Probe => {}
             }
             return Err((Refused::Full, task));
@@ -371,8 +387,7 @@ impl Inner {
     }
 
     pub(crate) fn count_rejected(&self) {
-        self.lock().rejected += 1;
-        self.telemetry.rejected();
+        self.lock().count_rejected(&self.telemetry);
     }
 
     /// A future that completes when queue space may have freed, or the pool closed.
@@ -480,9 +495,7 @@ impl Inner {
             }
             if mid_job {
                 // Its job ends as cancelled when the guard drops it, just after this.
-                st.cancelled += 1;
-                st.aborted += 1;
-                self.telemetry.cancelled(1);
+                st.count_cancelled(&self.telemetry, 1, true);
             }
             st.live -= 1;
             st.remove_slot(idx);
@@ -516,8 +529,7 @@ impl Inner {
         if q.deadline.is_some() && st.closed && st.deadlines.is_empty() {
             self.reaper.notify_one();
         }
-        st.cancelled += 1;
-        self.telemetry.cancelled(1);
+        st.count_cancelled(&self.telemetry, 1, false);
         st.publish(&self.telemetry);
         let notify = st.submit_waiters > 0;
         let closed = st.closed;
@@ -547,11 +559,9 @@ impl Inner {
             if let Some(q) = st.take_queued(id) {
                 // A cancel that raced the deadline wins: the caller asked first.
                 if q.job.cancel_requested() {
-                    st.cancelled += 1;
-                    self.telemetry.cancelled(1);
+                    st.count_cancelled(&self.telemetry, 1, false);
                 } else {
-                    st.queue_timed_out += 1;
-                    self.telemetry.queue_timed_out(1);
+                    st.count_queue_timed_out(&self.telemetry);
                 }
                 expired.push(q);
             }
@@ -627,9 +637,7 @@ impl Inner {
             self.closed.store(true, Ordering::Release);
             let drained: Vec<Queued> = st.queue.drain(..).collect();
             st.deadlines.clear();
-            st.cancelled += drained.len() as u64;
-            st.aborted += drained.len() as u64;
-            self.telemetry.cancelled(drained.len() as u64);
+            st.count_cancelled(&self.telemetry, drained.len() as u64, true);
             st.publish(&self.telemetry);
             st.unpark_all(&mut wakers);
             // Interrupt running jobs: their workers see `aborted` at the next poll.
