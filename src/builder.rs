@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::BuildError;
+use crate::key::KeyLimits;
 use crate::pool::Pool;
-use crate::queue::Inner;
+use crate::queue::{Inner, SchedConfig};
+use crate::rate::Rate;
 
 /// Configures and builds a [`Pool`].
 ///
@@ -16,6 +18,9 @@ use crate::queue::Inner;
 /// | [`job_timeout`](Builder::job_timeout) | none |
 /// | [`queue_timeout`](Builder::queue_timeout) | none |
 /// | [`name`](Builder::name) | `"taskgate"` |
+/// | [`rate_limit`](Builder::rate_limit) | none |
+/// | [`key_limits`](Builder::key_limits) | none |
+/// | [`priority_aging`](Builder::priority_aging) | 1 s |
 ///
 /// # Sizing
 ///
@@ -50,6 +55,9 @@ pub struct Builder {
     job_timeout: Option<Duration>,
     queue_timeout: Option<Duration>,
     name: Option<String>,
+    rate: Option<Rate>,
+    key_limits: KeyLimits,
+    aging: Option<Duration>,
 }
 
 impl Builder {
@@ -100,14 +108,58 @@ impl Builder {
         self
     }
 
+    /// A pool-wide limit on how fast jobs **start** (submissions are not limited: a
+    /// job waits in the queue, holding no worker, until the rate allows it). GCRA
+    /// with the rate's burst; see [`Rate`]. It combines with every other limit: a
+    /// job starts only when the pool's workers, the pool's rate, and its key's
+    /// limits all allow it, and counts once against each.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), taskgate::BuildError> {
+    /// use taskgate::Rate;
+    ///
+    /// // An API that allows 100 requests a second, in bursts of up to 10.
+    /// let pool = taskgate::Pool::builder()
+    ///     .workers(16)
+    ///     .rate_limit(Rate::per_second(100).burst(10))
+    ///     .build()?;
+    /// assert_eq!(pool.run(async { 1 }).await, Ok(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn rate_limit(mut self, rate: Rate) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// The limits every [key](crate::Key) gets unless
+    /// [`Pool::set_key_limits`](crate::Pool::set_key_limits) overrides them: a
+    /// concurrency cap, a rate and a queue capacity per key. Unkeyed jobs are not
+    /// subject to them. See [`KeyLimits`].
+    pub fn key_limits(mut self, limits: KeyLimits) -> Self {
+        self.key_limits = limits;
+        self
+    }
+
+    /// How long a queued `Low` or `Normal` job waits before it ranks as `High`, so
+    /// that a steady stream of urgent jobs cannot starve it (default 1 s). See
+    /// [`Priority`](crate::Priority).
+    pub fn priority_aging(mut self, after: Duration) -> Self {
+        self.aging = Some(after);
+        self
+    }
+
     /// Builds the pool on the current Tokio runtime. Worker tasks are spawned on that
     /// runtime as jobs arrive.
     ///
     /// # Errors
     ///
     /// [`BuildError::NoRuntime`] outside a Tokio runtime,
-    /// [`BuildError::NoTimer`] on a runtime built without timers, and
-    /// [`BuildError::ZeroWorkers`] for `workers(0)`.
+    /// [`BuildError::NoTimer`] on a runtime built without timers,
+    /// [`BuildError::ZeroWorkers`] for `workers(0)`, and
+    /// [`BuildError::InvalidLimit`] for a zero rate, period, burst, key concurrency
+    /// or key queue capacity.
     pub fn build(self) -> Result<Pool, BuildError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         if !timers_enabled() {
@@ -120,6 +172,10 @@ impl Builder {
         let capacity = self
             .queue_capacity
             .unwrap_or_else(|| workers.saturating_mul(10));
+        if let Some(rate) = &self.rate {
+            rate.validate()?;
+        }
+        self.key_limits.validate()?;
         let name: Arc<str> = self.name.as_deref().unwrap_or("taskgate").into();
         Ok(Pool::from_inner(Arc::new(Inner::new(
             rt,
@@ -128,6 +184,11 @@ impl Builder {
             capacity,
             self.job_timeout,
             self.queue_timeout,
+            SchedConfig {
+                rate: self.rate,
+                key_limits: self.key_limits,
+                aging: self.aging.unwrap_or(Duration::from_secs(1)),
+            },
         ))))
     }
 }

@@ -168,6 +168,8 @@ pub enum BuildError {
     /// The runtime was built without timers (`enable_time()` or `enable_all()`), which
     /// the pool needs for run and queue timeouts.
     NoTimer,
+    /// A rate or key limit given to the builder is invalid.
+    InvalidLimit(LimitError),
 }
 
 impl fmt::Display for BuildError {
@@ -182,8 +184,55 @@ impl fmt::Display for BuildError {
             BuildError::NoTimer => f.write_str(
                 "the tokio runtime has timers disabled: build it with enable_time() or enable_all()",
             ),
+            BuildError::InvalidLimit(_) => f.write_str("invalid rate or key limit"),
         }
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::InvalidLimit(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<LimitError> for BuildError {
+    fn from(e: LimitError) -> BuildError {
+        BuildError::InvalidLimit(e)
+    }
+}
+
+/// A [`Rate`](crate::Rate) or [`KeyLimits`](crate::KeyLimits) that cannot be
+/// enforced. Returned by [`Pool::set_key_limits`](crate::Pool::set_key_limits), and
+/// inside [`BuildError::InvalidLimit`] by [`Builder::build`](crate::Builder::build).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// A rate of zero starts per period: nothing could ever start.
+    ZeroRate,
+    /// A rate over a zero period.
+    ZeroPeriod,
+    /// A burst of zero: nothing could ever start.
+    ZeroBurst,
+    /// A key concurrency of zero: no job of the key could ever start. To hold a
+    /// key's jobs for a while, use [`Pool::pause_key_for`](crate::Pool::pause_key_for).
+    ZeroConcurrency,
+    /// A key queue capacity of zero: no job of the key could ever be accepted.
+    ZeroQueueCapacity,
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LimitError::ZeroRate => "rate must allow at least 1 start per period",
+            LimitError::ZeroPeriod => "rate period must be longer than zero",
+            LimitError::ZeroBurst => "rate burst must be at least 1",
+            LimitError::ZeroConcurrency => "key concurrency must be at least 1",
+            LimitError::ZeroQueueCapacity => "key queue capacity must be at least 1",
+        })
+    }
+}
+
+impl std::error::Error for LimitError {}

@@ -13,6 +13,7 @@ use std::task::{Context, Poll, Waker, ready};
 use crate::error::JobError;
 use crate::job::drop_quietly;
 use crate::queue::Inner;
+use crate::sched::Pos;
 
 /// A worker has claimed the job and is running it (or about to).
 const STARTED: u8 = 1;
@@ -171,21 +172,22 @@ pub struct JobHandle<T> {
     /// The pool, to take a queued job out of the queue on cancel. `None` once the
     /// handle has nothing left to do on drop.
     inner: Option<Arc<Inner>>,
-    id: JobId,
+    /// Where the job was queued: its id, lane and priority.
+    pos: Pos,
 }
 
 impl<T> JobHandle<T> {
-    pub(crate) fn new(shared: Arc<Shared<T>>, inner: Arc<Inner>, id: JobId) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<T>>, inner: Arc<Inner>, pos: Pos) -> Self {
         JobHandle {
             shared,
             inner: Some(inner),
-            id,
+            pos,
         }
     }
 
     /// The job's id.
     pub fn id(&self) -> JobId {
-        self.id
+        JobId(self.pos.id)
     }
 
     /// Whether the job has ended: its result (or error) is ready to collect.
@@ -225,14 +227,14 @@ impl<T> JobHandle<T> {
         if prev & STARTED != 0 {
             // Running: wake its worker, which checks the flag at its next poll.
             if let Some(inner) = &self.inner {
-                inner.wake_running(self.id.0);
+                inner.wake_running(self.pos.id);
             }
             return;
         }
         // Queued: take it out now so its slot frees at once. If a worker (or the
         // queue-timeout reaper) got it first, that side sees CANCELLED instead.
         if let Some(inner) = &self.inner {
-            inner.cancel_queued(self.id.0);
+            inner.cancel_queued(self.pos);
         }
     }
 }
@@ -263,7 +265,7 @@ impl<T> Drop for JobHandle<T> {
 impl<T> fmt::Debug for JobHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobHandle")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("finished", &self.is_finished())
             .finish()
     }

@@ -209,15 +209,30 @@ pub(crate) trait Job: Send {
     /// Whether the job's outcome is decided and counted (it may still be lingering).
     fn is_settled(&self) -> bool;
 
-    /// Claims the job for running and returns its `taskgate.job` span. Returns
-    /// `None` if its caller cancelled it first; the job is then resolved as
+    /// Marks the job started, under the scheduler's lock when a worker takes it.
+    /// Returns `false` if its caller cancelled it first: it must not run, and it
+    /// counts against no limit.
+    fn claim(&self) -> bool;
+
+    /// Prepares a job taken from the queue and returns its `taskgate.job` span.
+    /// Returns `None` if it was not `claimed`; the job is then resolved as
     /// cancelled (and counted), and must not be polled.
-    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, counters: Counters<'_>) -> Option<Span>;
+    fn begin(
+        self: Pin<&mut Self>,
+        pool: &str,
+        id: u64,
+        claimed: bool,
+        counters: Counters<'_>,
+    ) -> Option<Span>;
 
     /// Drives the job to its outcome: output, panic, timeout, cancel or abort. The
     /// outcome is counted in `ctx.counters` before the handle is resolved, and the work
-    /// is dropped before this returns `Ready` with the time the job ended.
-    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &RunCtx<'_>) -> Poll<Instant>;
+    /// is dropped before this returns `Ready` with the time the job ended and how.
+    fn poll_run(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        ctx: &RunCtx<'_>,
+    ) -> Poll<(Instant, Outcome)>;
 
     /// Resolves a job that never started (taken out of the queue) with `err`,
     /// dropping its work first. The caller has already counted it.
@@ -248,6 +263,8 @@ pin_project! {
         parent: Option<Box<Span>>,
         // The outcome is decided and counted; uninterruptible work is finishing.
         lingering: bool,
+        // How the job ended, once it has.
+        outcome: Outcome,
     }
 
     impl<W, T> PinnedDrop for Task<W, T> {
@@ -280,6 +297,7 @@ impl<W, T> Task<W, T> {
             submitted,
             parent: (!current.is_none()).then(|| Box::new(current)),
             lingering: false,
+            outcome: Outcome::Completed,
         }
     }
 
@@ -305,6 +323,7 @@ fn settle<W: Work>(
     result: Result<W::Output, JobError>,
 ) -> Instant {
     let now = Instant::now();
+    *this.outcome = outcome;
     ctx.counters.outcome(outcome);
     ctx.counters
         .run_time(now.saturating_duration_since(ctx.started));
@@ -361,11 +380,19 @@ impl<W: Work> Job for Task<W, W::Output> {
         self.lingering || self.work.is_none()
     }
 
-    fn begin(self: Pin<&mut Self>, pool: &str, id: u64, counters: Counters<'_>) -> Option<Span> {
+    fn claim(&self) -> bool {
+        self.shared.as_ref().is_none_or(|s| s.claim_start())
+    }
+
+    fn begin(
+        self: Pin<&mut Self>,
+        pool: &str,
+        id: u64,
+        claimed: bool,
+        counters: Counters<'_>,
+    ) -> Option<Span> {
         let mut this = self.project();
-        if let Some(shared) = this.shared.as_ref()
-            && !shared.claim_start()
-        {
+        if !claimed && let Some(shared) = this.shared.as_ref() {
             counters.outcome(Outcome::Cancelled);
             tracing::debug!(
                 pool,
@@ -386,56 +413,14 @@ impl<W: Work> Job for Task<W, W::Output> {
         })
     }
 
-    fn poll_run(self: Pin<&mut Self>, cx: &mut Context<'_>, ctx: &RunCtx<'_>) -> Poll<Instant> {
+    fn poll_run(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        ctx: &RunCtx<'_>,
+    ) -> Poll<(Instant, Outcome)> {
         let mut this = self.project();
-        loop {
-            if *this.lingering {
-                if let Some(w) = this.work.as_mut().as_pin_mut() {
-                    ready!(w.poll_linger(cx));
-                }
-                drop_work(this.work.as_mut());
-                return Poll::Ready(Instant::now());
-            }
-            let aborted = ctx.aborted.load(Relaxed);
-            if aborted || this.shared.as_ref().is_some_and(|s| s.is_cancelled()) {
-                let outcome = if aborted {
-                    Outcome::Aborted
-                } else {
-                    Outcome::Cancelled
-                };
-                let ended = settle(&mut this, ctx, outcome, Err(JobError::Cancelled));
-                if *this.lingering {
-                    continue;
-                }
-                return Poll::Ready(ended);
-            }
-            let Some(work) = this.work.as_mut().as_pin_mut() else {
-                return Poll::Ready(Instant::now());
-            };
-            let polled = {
-                let _enter = ctx.span.enter();
-                work.poll_work(cx)
-            };
-            match polled {
-                Poll::Ready(Ok(v)) => {
-                    return Poll::Ready(settle(&mut this, ctx, Outcome::Completed, Ok(v)));
-                }
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(settle(&mut this, ctx, Outcome::Panicked, Err(e)));
-                }
-                Poll::Pending => {}
-            }
-            if let Some(sleep) = this.sleep.as_mut()
-                && sleep.as_mut().poll(cx).is_ready()
-            {
-                let ended = settle(&mut this, ctx, Outcome::TimedOut, Err(JobError::TimedOut));
-                if *this.lingering {
-                    continue;
-                }
-                return Poll::Ready(ended);
-            }
-            return Poll::Pending;
-        }
+        let ended = ready!(poll_run_inner(&mut this, cx, ctx));
+        Poll::Ready((ended, *this.outcome))
     }
 
     fn resolve_unstarted(self: Pin<&mut Self>, err: JobError) {
@@ -444,5 +429,61 @@ impl<W: Work> Job for Task<W, W::Output> {
         if let Some(shared) = this.shared.as_ref() {
             shared.complete(Err(err));
         }
+    }
+}
+
+/// The body of [`Job::poll_run`]: returns the time the job ended.
+fn poll_run_inner<W: Work>(
+    this: &mut TaskProj<'_, W, W::Output>,
+    cx: &mut Context<'_>,
+    ctx: &RunCtx<'_>,
+) -> Poll<Instant> {
+    loop {
+        if *this.lingering {
+            if let Some(w) = this.work.as_mut().as_pin_mut() {
+                ready!(w.poll_linger(cx));
+            }
+            drop_work(this.work.as_mut());
+            return Poll::Ready(Instant::now());
+        }
+        let aborted = ctx.aborted.load(Relaxed);
+        if aborted || this.shared.as_ref().is_some_and(|s| s.is_cancelled()) {
+            let outcome = if aborted {
+                Outcome::Aborted
+            } else {
+                Outcome::Cancelled
+            };
+            let ended = settle(this, ctx, outcome, Err(JobError::Cancelled));
+            if *this.lingering {
+                continue;
+            }
+            return Poll::Ready(ended);
+        }
+        let Some(work) = this.work.as_mut().as_pin_mut() else {
+            return Poll::Ready(Instant::now());
+        };
+        let polled = {
+            let _enter = ctx.span.enter();
+            work.poll_work(cx)
+        };
+        match polled {
+            Poll::Ready(Ok(v)) => {
+                return Poll::Ready(settle(this, ctx, Outcome::Completed, Ok(v)));
+            }
+            Poll::Ready(Err(e)) => {
+                return Poll::Ready(settle(this, ctx, Outcome::Panicked, Err(e)));
+            }
+            Poll::Pending => {}
+        }
+        if let Some(sleep) = this.sleep.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            let ended = settle(this, ctx, Outcome::TimedOut, Err(JobError::TimedOut));
+            if *this.lingering {
+                continue;
+            }
+            return Poll::Ready(ended);
+        }
+        return Poll::Pending;
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use crate::error::{JobError, SubmitError, TrySubmitError};
 use crate::handle::JobHandle;
 use crate::job::AsyncWork;
+use crate::key::Key;
 use crate::pool::{JobOpts, Pool};
+use crate::priority::Priority;
 
 /// Per-job options for one job, from [`Pool::job`].
 ///
@@ -16,6 +18,9 @@ use crate::pool::{JobOpts, Pool};
 /// name: [`submit`](JobBuilder::submit), [`submit_timeout`](JobBuilder::submit_timeout),
 /// [`try_submit`](JobBuilder::try_submit), [`run`](JobBuilder::run) and
 /// [`spawn`](JobBuilder::spawn). Dropping the builder drops the job's future un-run.
+///
+/// A full queue means the pool's queue, or the job's [key's](JobBuilder::key) queue
+/// if it has a [`queue_capacity`](crate::KeyLimits::queue_capacity).
 ///
 /// # Example
 ///
@@ -80,6 +85,23 @@ where
     /// Removes the queue timeout for this job, even if the pool has one.
     pub fn no_queue_timeout(mut self) -> Self {
         self.opts.queue_timeout = None;
+        self
+    }
+
+    /// Tags the job with `key`, so that the [key limits](crate::KeyLimits) apply to
+    /// it. Jobs of a key wait in their own lane: a key at its limits holds no
+    /// worker and does not hold up other keys, and keys with startable jobs take
+    /// turns.
+    pub fn key(mut self, key: impl Into<Key>) -> Self {
+        self.opts.key = Some(key.into());
+        self
+    }
+
+    /// The job's priority (default [`Priority::Normal`]). Among jobs that may start
+    /// now, a higher priority starts first; a job that has waited longer than the
+    /// pool's [`priority_aging`](crate::Builder::priority_aging) ranks as `High`.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.opts.priority = priority;
         self
     }
 
@@ -172,6 +194,8 @@ impl<F> fmt::Debug for JobBuilder<'_, F> {
             .field("pool", &self.pool.name())
             .field("timeout", &self.opts.timeout)
             .field("queue_timeout", &self.opts.queue_timeout)
+            .field("key", &self.opts.key)
+            .field("priority", &self.opts.priority)
             .finish_non_exhaustive()
     }
 }

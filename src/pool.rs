@@ -9,12 +9,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::builder::Builder;
+use crate::error::LimitError;
 use crate::error::{JobError, SubmitError, TrySubmitError};
 use crate::group::Group;
-use crate::handle::{JobHandle, JobId, Shared};
+use crate::handle::{JobHandle, Shared};
 use crate::job::{BlockingWork, Task, Work};
 use crate::job_builder::JobBuilder;
-use crate::queue::{Inner, Refused, Waiting};
+use crate::key::{Key, KeyLimits, KeyStats};
+use crate::priority::Priority;
+use crate::queue::{Inner, Place, Refused, Waiting};
+use crate::sched::Pos;
 use crate::stats::{ShutdownReport, Stats};
 
 /// A bounded pool of long-lived worker tasks that run jobs from a bounded queue.
@@ -75,10 +79,21 @@ impl Drop for PoolRef {
 }
 
 /// Per-job options, from the pool's defaults and the [`JobBuilder`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct JobOpts {
     pub(crate) timeout: Option<Duration>,
     pub(crate) queue_timeout: Option<Duration>,
+    pub(crate) key: Option<Key>,
+    pub(crate) priority: Priority,
+}
+
+impl JobOpts {
+    fn place(&self) -> Place<'_> {
+        Place {
+            key: self.key.as_ref(),
+            priority: self.priority,
+        }
+    }
 }
 
 /// Gives up a waiting submitter's registration however its call ends.
@@ -110,6 +125,8 @@ impl Pool {
         JobOpts {
             timeout: self.inner().job_timeout,
             queue_timeout: self.inner().queue_timeout,
+            key: None,
+            priority: Priority::Normal,
         }
     }
 
@@ -433,6 +450,112 @@ impl Pool {
         self.inner().resize(workers);
     }
 
+    /// Starts no job until `d` has passed; jobs already running are untouched, and
+    /// submissions are still accepted up to the queue's capacity. This is how to
+    /// honour a `429 Too Many Requests` with a `Retry-After` from a downstream that
+    /// every job calls.
+    ///
+    /// Pauses add up to the latest end: a shorter pause never cuts a longer one
+    /// short. A zero duration does nothing. A duration too long for the clock pauses
+    /// for about thirty years.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// let pool = taskgate::Pool::new(4);
+    /// let t0 = Instant::now();
+    /// // The downstream said "Retry-After: 2".
+    /// pool.pause_for(Duration::from_secs(2));
+    /// let started = pool.run(async { Instant::now() }).await.unwrap();
+    /// assert!(started >= t0 + Duration::from_secs(2));
+    /// # }
+    /// ```
+    pub fn pause_for(&self, d: Duration) {
+        self.inner().pause(None, d);
+    }
+
+    /// Starts no job of `key` until `d` has passed; the other keys carry on, and
+    /// the key's running jobs are untouched. As with [`pause_for`](Pool::pause_for),
+    /// pauses add up to the latest end and a zero duration does nothing. The key's
+    /// queued jobs hold no worker while it is paused.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    ///
+    /// let pool = taskgate::Pool::new(4);
+    /// pool.pause_key_for("api.example.com", Duration::from_secs(30));
+    /// // Other hosts are not held up.
+    /// let other = pool.job(async { "fine" }).key("cdn.example.com").run().await;
+    /// assert_eq!(other, Ok("fine"));
+    /// let paused = pool.key_stats(&"api.example.com".into()).unwrap().paused_until;
+    /// assert!(paused.is_some());
+    /// # }
+    /// ```
+    pub fn pause_key_for(&self, key: impl Into<Key>, d: Duration) {
+        self.inner().pause(Some(&key.into()), d);
+    }
+
+    /// Until when the pool is paused by [`pause_for`](Pool::pause_for), if it is.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.inner().paused_until()
+    }
+
+    /// Overrides the [default key limits](Builder::key_limits) for `key`, now and
+    /// until changed. A key that has jobs queued or running takes the new limits at
+    /// once: a raised cap starts waiting jobs, and a lowered one stops new starts
+    /// (running jobs are never interrupted). The key's rate keeps what it has
+    /// already spent.
+    ///
+    /// Overrides are kept (a few dozen bytes each) until
+    /// [`clear_key_limits`](Pool::clear_key_limits), even while the key has no jobs.
+    ///
+    /// # Errors
+    ///
+    /// [`LimitError`] if a limit is zero; nothing is changed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), taskgate::LimitError> {
+    /// use taskgate::{KeyLimits, Rate};
+    ///
+    /// let pool = taskgate::Pool::new(32);
+    /// // A tenant on the free plan: one call at a time, 2 per second.
+    /// pool.set_key_limits(
+    ///     "tenant-42",
+    ///     KeyLimits::default().concurrency(1).rate(Rate::per_second(2)),
+    /// )?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_key_limits(&self, key: impl Into<Key>, limits: KeyLimits) -> Result<(), LimitError> {
+        limits.validate()?;
+        self.inner().set_key_limits(key.into(), Some(limits));
+        Ok(())
+    }
+
+    /// Removes the override set with [`set_key_limits`](Pool::set_key_limits): the
+    /// key goes back to the default key limits.
+    pub fn clear_key_limits(&self, key: impl Into<Key>) {
+        self.inner().set_key_limits(key.into(), None);
+    }
+
+    /// A snapshot of `key`'s state and counters, or `None` if the key has no state:
+    /// nothing queued or running, no pause and no rate debt. See [`KeyStats`].
+    pub fn key_stats(&self, key: &Key) -> Option<KeyStats> {
+        self.inner().key_stats(key)
+    }
+
     /// A snapshot of the pool's state and counters.
     pub fn stats(&self) -> Stats {
         self.inner().stats()
@@ -460,8 +583,8 @@ impl Pool {
         inner.wait_workers().await;
     }
 
-    fn handle<T>(&self, shared: Arc<Shared<T>>, id: u64) -> JobHandle<T> {
-        JobHandle::new(shared, self.inner().clone(), JobId(id))
+    fn handle<T>(&self, shared: Arc<Shared<T>>, pos: Pos) -> JobHandle<T> {
+        JobHandle::new(shared, self.inner().clone(), pos)
     }
 
     /// Submits `work` with a handle, waiting for space (at most `wait`, if given).
@@ -481,9 +604,9 @@ impl Pool {
         T: Send + 'static,
     {
         let now = Instant::now();
-        let (task, shared) = with_handle(work, opts, now);
-        let id = self.enqueue(task, opts.queue_timeout, wait, now).await?;
-        Ok(self.handle(shared, id))
+        let (task, shared) = with_handle(work, &opts, now);
+        let pos = self.enqueue(task, &opts, wait, now).await?;
+        Ok(self.handle(shared, pos))
     }
 
     /// Submits `work` with a handle if there is space now.
@@ -501,11 +624,14 @@ impl Pool {
         T: Send + 'static,
     {
         let now = Instant::now();
-        let (task, shared) = with_handle(work, opts, now);
+        let (task, shared) = with_handle(work, &opts, now);
         let deadline = opts.queue_timeout.and_then(|d| now.checked_add(d));
         let waiting = if count { Waiting::No } else { Waiting::Probe };
-        match self.inner().push(task, deadline, waiting) {
-            Ok(id) => Ok(self.handle(shared, id)),
+        match self
+            .inner()
+            .push(task, deadline, waiting, &opts.place(), now)
+        {
+            Ok(pos) => Ok(self.handle(shared, pos)),
             Err((Refused::Full, t)) => {
                 if count {
                     tracing::debug!(pool = %self.name(), "taskgate: try_submit refused: queue full");
@@ -539,7 +665,7 @@ impl Pool {
     {
         let now = Instant::now();
         let task: Box<Task<W, T>> = Box::new(Task::new(work, None, opts.timeout, now));
-        self.enqueue(task, opts.queue_timeout, None, now).await?;
+        self.enqueue(task, &opts, None, now).await?;
         Ok(())
     }
 
@@ -547,15 +673,17 @@ impl Pool {
     async fn enqueue<W, T>(
         &self,
         mut task: Box<Task<W, T>>,
-        queue_timeout: Option<Duration>,
+        opts: &JobOpts,
         wait: Option<Duration>,
-        now: Instant,
-    ) -> Result<u64, SubmitError<W>>
+        mut now: Instant,
+    ) -> Result<Pos, SubmitError<W>>
     where
         W: Work<Output = T>,
         T: Send + 'static,
     {
         let inner = self.inner();
+        let queue_timeout = opts.queue_timeout;
+        let place = opts.place();
         let mut deadline = queue_timeout.and_then(|d| now.checked_add(d));
         let mut guard = WaitGuard {
             inner,
@@ -564,8 +692,14 @@ impl Pool {
         // The fast path: no notification is created unless the queue is full. A
         // `Full` registers this call as a waiter under the lock, so workers notify
         // `space` from then on.
-        match inner.push(task, deadline, Waiting::Yes(&mut guard.registered)) {
-            Ok(id) => return Ok(id),
+        match inner.push(
+            task,
+            deadline,
+            Waiting::Yes(&mut guard.registered),
+            &place,
+            now,
+        ) {
+            Ok(pos) => return Ok(pos),
             Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
             Err((Refused::Full, t)) => task = t,
         }
@@ -574,8 +708,14 @@ impl Pool {
             // Enabled before the retry, so a slot freed in between is not missed.
             let mut space = pin!(inner.space());
             space.as_mut().enable();
-            match inner.push(task, deadline, Waiting::Yes(&mut guard.registered)) {
-                Ok(id) => return Ok(id),
+            match inner.push(
+                task,
+                deadline,
+                Waiting::Yes(&mut guard.registered),
+                &place,
+                now,
+            ) {
+                Ok(pos) => return Ok(pos),
                 Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
                 Err((Refused::Full, t)) => task = t,
             }
@@ -591,7 +731,7 @@ impl Pool {
                 None => space.await,
             }
             // Queue time counts from acceptance, not from the start of the wait.
-            let now = Instant::now();
+            now = Instant::now();
             task.set_submitted(now);
             deadline = queue_timeout.and_then(|d| now.checked_add(d));
         }
@@ -600,7 +740,7 @@ impl Pool {
 
 /// A job's envelope and the result cell its handle will share: the two
 /// allocations of a job with a handle.
-fn with_handle<W, T>(work: W, opts: JobOpts, now: Instant) -> (Box<Task<W, T>>, Arc<Shared<T>>) {
+fn with_handle<W, T>(work: W, opts: &JobOpts, now: Instant) -> (Box<Task<W, T>>, Arc<Shared<T>>) {
     let shared = Arc::new(Shared::new());
     let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
     (task, shared)

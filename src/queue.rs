@@ -6,8 +6,6 @@
 //! drop of user data. Per job it is taken twice: once to push, and once by the
 //! worker to finish its previous job and pop this one.
 
-use std::collections::{BTreeSet, VecDeque};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -20,17 +18,32 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::JobError;
 use crate::job::{Job, Task, Work};
-use crate::stats::{Shard, Stats, Totals};
+use crate::key::{Key, KeyLimits, KeyStats};
+use crate::limit::Clock;
+use crate::priority::Priority;
+use crate::rate::{Rate, after};
+use crate::sched::{Gone, Pos, Queued, Sched};
+use crate::stats::{Outcome, Shard, Stats, Totals};
 use crate::telemetry::Telemetry;
 
-/// One accepted job waiting in the queue.
-pub(crate) struct Queued {
-    /// Ids are assigned under the lock in push order, so the queue is sorted by id
-    /// and a job can be found by binary search.
-    pub(crate) id: u64,
-    /// When the job's queue timeout expires, if it has one.
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) job: Pin<Box<dyn Job>>,
+/// The job a worker holds a slot for, reported back when it ends.
+#[derive(Clone, Copy)]
+pub(crate) struct Held {
+    pub(crate) lane: u32,
+    pub(crate) claimed: bool,
+}
+
+/// Where a new job goes: its key's lane and its priority.
+pub(crate) struct Place<'a> {
+    pub(crate) key: Option<&'a Key>,
+    pub(crate) priority: Priority,
+}
+
+/// The scheduling settings a pool is built with.
+pub(crate) struct SchedConfig {
+    pub(crate) rate: Option<Rate>,
+    pub(crate) key_limits: KeyLimits,
+    pub(crate) aging: std::time::Duration,
 }
 
 /// How a push that finds the queue full is accounted.
@@ -68,12 +81,20 @@ enum Action {
     Spawn(usize, Arc<Shard>),
 }
 
+/// What the timer task needs once the lock is released.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TimerAct {
+    None,
+    Spawn,
+    Notify,
+}
+
 // `repr(C)` with the fields every job touches first: they share the lock's cache
 // line and the next one (the pair `Padded` aligns), so a critical section moves
 // two lines between cores rather than four or five.
 #[repr(C)]
 pub(crate) struct State {
-    queue: VecDeque<Queued>,
+    sched: Sched,
     /// Jobs running now.
     busy: usize,
     next_id: u64,
@@ -88,11 +109,13 @@ pub(crate) struct State {
     live: usize,
     closed: bool,
     reaper_running: bool,
+    /// Some waiting submitter was refused for its key's queue capacity: queue
+    /// space then wakes every waiter, since a waiter for one key cannot use space
+    /// that freed in another.
+    key_waiters: bool,
     /// Parked workers, most recently parked last (reused first: its cache is warm).
     idle: Vec<usize>,
     slots: Vec<Option<Slot>>,
-    /// Queue-timeout deadlines of queued jobs, earliest first.
-    deadlines: BTreeSet<(Instant, u64)>,
     free_slots: Vec<usize>,
     rejected: u64,
     /// Jobs cancelled while queued (by their caller, or by abort).
@@ -109,7 +132,7 @@ impl State {
     /// the current one. Nothing when the `metrics` feature is off.
     #[inline]
     fn publish(&self, t: &Telemetry) {
-        t.gauges(self.target.max(self.busy), self.busy, self.queue.len());
+        t.gauges(self.target.max(self.busy), self.busy, self.sched.queued);
     }
 
     /// Counts `n` queued jobs cancelled (`by_abort`: by abort or a lost worker).
@@ -133,7 +156,19 @@ impl State {
 
     fn has_space(&self, capacity: usize) -> bool {
         let free_workers = self.target.saturating_sub(self.busy);
-        self.queue.len() < capacity.saturating_add(free_workers)
+        self.sched.queued < capacity.saturating_add(free_workers)
+    }
+
+    /// Whether the timer task must be spawned or woken for a timer just set.
+    fn timer_act(&mut self) -> TimerAct {
+        if !self.sched.take_timer_dirty() {
+            TimerAct::None
+        } else if self.reaper_running {
+            TimerAct::Notify
+        } else {
+            self.reaper_running = true;
+            TimerAct::Spawn
+        }
     }
 
     /// Wakes or spawns one worker if queued jobs have nobody coming for them.
@@ -143,7 +178,7 @@ impl State {
     /// therefore wakes workers one hop at a time, as many as the jobs keep busy,
     /// instead of waking every idle worker at once only for most to find nothing.
     fn dispatch(&mut self) -> Option<Action> {
-        if self.queue.is_empty() || self.searching > 0 || self.busy >= self.target {
+        if self.searching > 0 || self.busy >= self.target || !self.sched.startable() {
             return None;
         }
         if let Some(idx) = self.idle.pop() {
@@ -211,15 +246,6 @@ impl State {
             self.free_slots.push(idx);
         }
     }
-
-    fn take_queued(&mut self, id: u64) -> Option<Queued> {
-        let pos = self.queue.binary_search_by_key(&id, |q| q.id).ok()?;
-        let q = self.queue.remove(pos)?;
-        if let Some(d) = q.deadline {
-            self.deadlines.remove(&(d, q.id));
-        }
-        Some(q)
-    }
 }
 
 /// Aligns its content to two cache lines (the unit the adjacent-line prefetcher
@@ -238,7 +264,8 @@ pub(crate) struct Inner {
     /// Progress towards drained (a worker exited, the queue shrank while closed),
     /// for `shutdown`.
     drained: Notify,
-    /// New earliest queue deadline, or close, for the reaper.
+    /// A new earliest timer (queue deadline, end of a rate wait or pause), or close,
+    /// for the timer task.
     reaper: Notify,
     pub(crate) aborted: AtomicBool,
     closed: AtomicBool,
@@ -259,12 +286,13 @@ impl Inner {
         capacity: usize,
         job_timeout: Option<Duration>,
         queue_timeout: Option<Duration>,
+        sched: SchedConfig,
     ) -> Self {
         let telemetry = Telemetry::new(&name);
         telemetry.gauges(workers, 0, 0);
         Inner {
             state: Padded(Mutex::new(State {
-                queue: VecDeque::new(),
+                sched: Sched::new(sched.rate, sched.key_limits, sched.aging),
                 next_id: 1,
                 closed: false,
                 target: workers,
@@ -275,7 +303,7 @@ impl Inner {
                 slots: Vec::new(),
                 free_slots: Vec::new(),
                 submit_waiters: 0,
-                deadlines: BTreeSet::new(),
+                key_waiters: false,
                 reaper_running: false,
                 submitted: 0,
                 rejected: 0,
@@ -314,6 +342,24 @@ impl Inner {
         }
     }
 
+    fn timer(self: &Arc<Self>, act: TimerAct) {
+        match act {
+            TimerAct::None => {}
+            TimerAct::Spawn => crate::worker::spawn_reaper(self, &self.tracker, &self.rt),
+            TimerAct::Notify => self.reaper.notify_one(),
+        }
+    }
+
+    /// Wakes submitters waiting for queue space: one, or every one if some wait
+    /// for their key's queue.
+    fn notify_space(&self, key_waiters: bool) {
+        if key_waiters {
+            self.space.notify_waiters();
+        } else {
+            self.space.notify_one();
+        }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -327,7 +373,9 @@ impl Inner {
         task: Box<Task<W, T>>,
         deadline: Option<Instant>,
         waiting: Waiting<'_>,
-    ) -> Result<u64, (Refused, Box<Task<W, T>>)>
+        place: &Place<'_>,
+        now: Instant,
+    ) -> Result<Pos, (Refused, Box<Task<W, T>>)>
     where
         W: Work<Output = T>,
         T: Send + 'static,
@@ -336,54 +384,58 @@ impl Inner {
         if st.closed {
             return Err((Refused::Closed, task));
         }
-        if !st.has_space(self.capacity) {
+        let lane = if st.has_space(self.capacity) {
+            st.sched.lane_for(place.key)
+        } else {
+            None
+        };
+        let Some(lane) = lane else {
             match waiting {
                 Waiting::Yes(w) => {
                     if !*w {
                         *w = true;
                         st.submit_waiters += 1;
                     }
+                    st.key_waiters |= place.key.is_some();
                 }
                 Waiting::No => st.count_rejected(&self.telemetry),
                 Waiting::Probe => {}
             }
             return Err((Refused::Full, task));
-        }
+        };
         let id = st.next_id;
         st.next_id += 1;
         st.submitted += 1;
-        let mut wake_reaper = false;
-        let mut spawn_reaper = false;
-        if let Some(d) = deadline {
-            wake_reaper = st.deadlines.first().is_none_or(|&(first, _)| d < first);
-            st.deadlines.insert((d, id));
-            if !st.reaper_running {
-                st.reaper_running = true;
-                spawn_reaper = true;
-            }
-        }
-        st.queue.push_back(Queued {
-            id,
-            deadline,
-            job: Box::into_pin(task as Box<dyn Job>),
-        });
+        let prio = place.priority.index() as u8;
+        st.sched.push(
+            Queued {
+                id,
+                deadline,
+                job: Box::into_pin(task as Box<dyn Job>),
+                lane,
+                prio,
+                claimed: false,
+            },
+            now,
+        );
         let action = st.dispatch();
+        let timer = st.timer_act();
         st.publish(&self.telemetry);
         drop(st);
         if let Some(a) = action {
             self.act(a);
         }
-        if spawn_reaper {
-            crate::worker::spawn_reaper(self, &self.tracker, &self.rt);
-        } else if wake_reaper {
-            self.reaper.notify_one();
-        }
-        Ok(id)
+        self.timer(timer);
+        Ok(Pos { id, lane, prio })
     }
 
     /// A waiting submitter gives up its registration.
     pub(crate) fn stop_waiting(&self) {
-        self.lock().submit_waiters -= 1;
+        let mut st = self.lock();
+        st.submit_waiters -= 1;
+        if st.submit_waiters == 0 {
+            st.key_waiters = false;
+        }
     }
 
     pub(crate) fn count_rejected(&self) {
@@ -395,22 +447,25 @@ impl Inner {
         self.space.notified()
     }
 
-    /// Called by a worker to finish its previous job (if `holds_slot`) and take the
-    /// next one. `Ready(None)` tells the worker to exit; it has been unregistered.
+    /// Called by a worker to finish its previous job (`held`, which ended with
+    /// `outcome`) and take the next one. `Ready(None)` tells the worker to exit; it
+    /// has been unregistered.
     pub(crate) fn next_job(
         self: &Arc<Self>,
         idx: usize,
-        holds_slot: &mut bool,
+        held: &mut Option<Held>,
+        outcome: Outcome,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Queued>> {
         let mut st = self.lock();
+        let mut clock = Clock::default();
         let mut notify_space = false;
-        if *holds_slot {
-            *holds_slot = false;
+        if let Some(h) = held.take() {
             st.busy -= 1;
+            st.sched.finish(h.lane, h.claimed, outcome, &mut clock);
             notify_space = st.submit_waiters > 0;
         }
-        let result = self.next_locked(&mut st, idx, holds_slot, cx);
+        let result = self.next_locked(&mut st, idx, held, &mut clock, cx);
         st.publish(&self.telemetry);
         // A worker that took a job hands the search on if more are queued; one
         // that exits may leave a start slot that an idle worker can use.
@@ -419,13 +474,16 @@ impl Inner {
         } else {
             None
         };
+        let timer = st.timer_act();
+        let key_waiters = st.key_waiters;
         let exited = matches!(result, Poll::Ready(None));
         drop(st);
         if let Some(a) = action {
             self.act(a);
         }
+        self.timer(timer);
         if notify_space {
-            self.space.notify_one();
+            self.notify_space(key_waiters);
         }
         if exited {
             self.drained.notify_waiters();
@@ -437,7 +495,8 @@ impl Inner {
         &self,
         st: &mut State,
         idx: usize,
-        holds_slot: &mut bool,
+        held: &mut Option<Held>,
+        clock: &mut Clock,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Queued>> {
         let slot = st.slots[idx].as_mut().expect("worker slot exists");
@@ -455,23 +514,23 @@ impl Inner {
             slot.woken = false;
             st.searching -= 1;
         }
-        if st.live > st.target || (st.closed && st.queue.is_empty()) {
+        if st.live > st.target || (st.closed && st.sched.queued == 0) {
             st.live -= 1;
             st.remove_slot(idx);
             return Poll::Ready(None);
         }
         if st.busy < st.target
-            && let Some(q) = st.queue.pop_front()
+            && let Some(q) = st.sched.pick(clock)
         {
             st.busy += 1;
-            *holds_slot = true;
-            if let Some(d) = q.deadline {
-                st.deadlines.remove(&(d, q.id));
-                if st.closed && st.deadlines.is_empty() {
-                    // Let the reaper see it has nothing left, so shutdown need not
-                    // wait for a stale deadline.
-                    self.reaper.notify_one();
-                }
+            *held = Some(Held {
+                lane: q.lane,
+                claimed: q.claimed,
+            });
+            if st.closed && st.sched.queued == 0 && st.reaper_running {
+                // Let the timer task see it has nothing left, so shutdown need not
+                // wait for a stale timer.
+                self.reaper.notify_one();
             }
             if let Some(slot) = st.slots[idx].as_mut() {
                 slot.running = Some(q.id);
@@ -487,11 +546,13 @@ impl Inner {
     /// A worker task was dropped without exiting through `next_job`: its runtime is
     /// shutting down. Nothing queued can run any more, so abort the pool; every
     /// handle still awaited resolves as cancelled.
-    pub(crate) fn worker_lost(self: &Arc<Self>, idx: usize, holds_slot: bool, mid_job: bool) {
+    pub(crate) fn worker_lost(self: &Arc<Self>, idx: usize, held: Option<Held>, mid_job: bool) {
         {
             let mut st = self.lock();
-            if holds_slot {
+            if let Some(h) = held {
                 st.busy -= 1;
+                st.sched
+                    .finish(h.lane, h.claimed, Outcome::Aborted, &mut Clock::default());
             }
             if mid_job {
                 // Its job ends as cancelled when the guard drops it, just after this.
@@ -521,64 +582,75 @@ impl Inner {
     }
 
     /// Takes a queued job out because its caller cancelled it.
-    pub(crate) fn cancel_queued(&self, id: u64) {
+    pub(crate) fn cancel_queued(self: &Arc<Self>, pos: Pos) {
         let mut st = self.lock();
-        let Some(q) = st.take_queued(id) else {
+        let mut clock = Clock::default();
+        let Some(q) = st
+            .sched
+            .take(pos.lane, pos.prio, pos.id, Gone::Cancelled, &mut clock)
+        else {
             return;
         };
-        if q.deadline.is_some() && st.closed && st.deadlines.is_empty() {
+        if st.closed && st.sched.queued == 0 && st.reaper_running {
             self.reaper.notify_one();
         }
         st.count_cancelled(&self.telemetry, 1, false);
         st.publish(&self.telemetry);
+        let timer = st.timer_act();
         let notify = st.submit_waiters > 0;
+        let key_waiters = st.key_waiters;
         let closed = st.closed;
         drop(st);
+        self.timer(timer);
         if notify {
-            self.space.notify_one();
+            self.notify_space(key_waiters);
         }
         if closed {
             self.drained.notify_waiters();
         }
-        tracing::debug!(pool = %self.name, job = id, "taskgate: queued job cancelled by its caller");
+        tracing::debug!(pool = %self.name, job = pos.id, "taskgate: queued job cancelled by its caller");
         let mut job = q.job;
         job.as_mut().resolve_unstarted(JobError::Cancelled);
     }
 
-    /// Expires due queue deadlines. Returns the next deadline, and whether the
-    /// reaper should exit.
-    pub(crate) fn reap(&self) -> (Option<Instant>, bool) {
+    /// The timer task's step: expires due queue deadlines and ends due rate waits
+    /// and pauses. Returns the next timer, and whether the task should exit.
+    pub(crate) fn reap(self: &Arc<Self>) -> (Option<Instant>, bool) {
         let now = Instant::now();
         let mut expired = Vec::new();
         let mut st = self.lock();
-        while let Some(&(d, id)) = st.deadlines.first() {
-            if d > now {
-                break;
-            }
-            st.deadlines.pop_first();
-            if let Some(q) = st.take_queued(id) {
-                // A cancel that raced the deadline wins: the caller asked first.
-                if q.job.cancel_requested() {
-                    st.count_cancelled(&self.telemetry, 1, false);
-                } else {
-                    st.count_queue_timed_out(&self.telemetry);
-                }
-                expired.push(q);
+        let woke = st.sched.fire(now, &mut expired);
+        for q in &expired {
+            // A cancel that raced the deadline wins: the caller asked first.
+            if q.job.cancel_requested() {
+                st.sched.recount_cancelled(q.lane);
+                st.count_cancelled(&self.telemetry, 1, false);
+            } else {
+                st.count_queue_timed_out(&self.telemetry);
             }
         }
-        if !expired.is_empty() {
+        let mut actions = Vec::new();
+        if woke {
+            // One worker searches at a time, and hands the search on while jobs
+            // remain startable.
+            actions.extend(st.dispatch());
+        }
+        if !expired.is_empty() || woke {
             st.publish(&self.telemetry);
         }
-        let next = st.deadlines.first().map(|&(d, _)| d);
-        // After close no deadline can be added: once none is left, nothing is left
-        // to expire.
-        let exit = st.closed && st.deadlines.is_empty();
+        st.sched.take_timer_dirty();
+        let next = st.sched.next_timer();
+        // After close no job can be added: once none is queued, no timer matters.
+        let exit = st.closed && st.sched.queued == 0;
         if exit {
             st.reaper_running = false;
         }
         let notify = !expired.is_empty() && st.submit_waiters > 0;
         let closed = st.closed;
         drop(st);
+        for a in actions {
+            self.act(a);
+        }
         if notify {
             self.space.notify_waiters();
         }
@@ -598,7 +670,7 @@ impl Inner {
         (next, exit)
     }
 
-    /// The reaper task was dropped without exiting normally.
+    /// The timer task was dropped without exiting normally.
     pub(crate) fn reaper_lost(&self) {
         self.lock().reaper_running = false;
         self.drained.notify_waiters();
@@ -606,6 +678,52 @@ impl Inner {
 
     pub(crate) fn reaper_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.reaper.notified()
+    }
+
+    /// Pauses the pool (`key: None`) or one key for `d`.
+    pub(crate) fn pause(self: &Arc<Self>, key: Option<&Key>, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let timer = {
+            let mut st = self.lock();
+            st.sched.pause(key, after(now, d));
+            st.timer_act()
+        };
+        self.timer(timer);
+        match key {
+            Some(k) => {
+                tracing::debug!(pool = %self.name, key = %k, pause = ?d, "taskgate: key paused")
+            }
+            None => tracing::debug!(pool = %self.name, pause = ?d, "taskgate: pool paused"),
+        }
+    }
+
+    /// Until when the pool is paused, if it is.
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
+        self.lock().sched.paused_until(&mut Clock::default())
+    }
+
+    /// Sets or clears one key's limits.
+    pub(crate) fn set_key_limits(self: &Arc<Self>, key: Key, limits: Option<KeyLimits>) {
+        let (action, timer, notify) = {
+            let mut st = self.lock();
+            st.sched.set_limits(key, limits, &mut Clock::default());
+            (st.dispatch(), st.timer_act(), st.submit_waiters > 0)
+        };
+        if let Some(a) = action {
+            self.act(a);
+        }
+        self.timer(timer);
+        if notify {
+            // The key's queue capacity may have grown.
+            self.space.notify_waiters();
+        }
+    }
+
+    pub(crate) fn key_stats(&self, key: &Key) -> Option<KeyStats> {
+        self.lock().sched.key_stats(key, &mut Clock::default())
     }
 
     pub(crate) fn close(&self) {
@@ -635,8 +753,7 @@ impl Inner {
             let mut st = self.lock();
             st.closed = true;
             self.closed.store(true, Ordering::Release);
-            let drained: Vec<Queued> = st.queue.drain(..).collect();
-            st.deadlines.clear();
+            let drained = st.sched.drain(&mut Clock::default());
             st.count_cancelled(&self.telemetry, drained.len() as u64, true);
             st.publish(&self.telemetry);
             st.unpark_all(&mut wakers);
@@ -702,11 +819,11 @@ impl Inner {
     }
 
     /// Whether nothing is queued, no worker is alive or being spawned, and the
-    /// reaper is not running or being spawned. (`live` and `reaper_running` are set
-    /// under the lock before the spawn, so a spawn in flight counts.)
+    /// timer task is not running or being spawned. (`live` and `reaper_running` are
+    /// set under the lock before the spawn, so a spawn in flight counts.)
     pub(crate) fn is_drained(&self) -> bool {
         let st = self.lock();
-        st.queue.is_empty() && st.live == 0 && st.busy == 0 && !st.reaper_running
+        st.sched.queued == 0 && st.live == 0 && st.busy == 0 && !st.reaper_running
     }
 
     pub(crate) async fn wait_workers(&self) {
@@ -719,7 +836,8 @@ impl Inner {
         Stats {
             workers: st.target.max(st.busy),
             busy: st.busy,
-            queued: st.queue.len(),
+            queued: st.sched.queued,
+            keys: st.sched.keys(),
             submitted: st.submitted,
             completed: totals.completed,
             cancelled: totals.cancelled + st.cancelled,

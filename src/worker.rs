@@ -1,4 +1,5 @@
-//! The worker loop, and the reaper that expires queue timeouts.
+//! The worker loop, and the timer task that expires queue timeouts and ends rate
+//! waits and pauses.
 //!
 //! A worker is a long-lived Tokio task. It asks the scheduler for a job
 //! ([`Inner::next_job`], which also finishes its previous one), claims it, and polls
@@ -15,16 +16,16 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::job::{Counters, Job, RunCtx, drop_quietly};
-use crate::queue::Inner;
-use crate::stats::Shard;
+use crate::queue::{Held, Inner};
+use crate::stats::{Outcome, Shard};
 
 /// Unregisters a worker that is dropped without exiting normally (its runtime is
 /// shutting down), counting the job it was running.
 struct WorkerGuard {
     inner: Arc<Inner>,
     idx: usize,
-    /// The worker has a job counted in `busy`.
-    holds_slot: bool,
+    /// The job the worker has counted in `busy` (and against its limits).
+    held: Option<Held>,
     /// The job being run, kept here so that a worker dropped mid-job can count the
     /// job's outcome before the job's own drop resolves its handle.
     job: Option<Pin<Box<dyn Job>>>,
@@ -35,7 +36,7 @@ impl Drop for WorkerGuard {
     fn drop(&mut self) {
         if !self.exited {
             let mid_job = self.job.as_ref().is_some_and(|j| !j.is_settled());
-            self.inner.worker_lost(self.idx, self.holds_slot, mid_job);
+            self.inner.worker_lost(self.idx, self.held, mid_job);
             // Resolves the handle as cancelled (the envelope's drop does that).
             drop_quietly(self.job.take());
         }
@@ -54,7 +55,7 @@ pub(crate) fn spawn(
     let guard = WorkerGuard {
         inner: inner.clone(),
         idx,
-        holds_slot: false,
+        held: None,
         job: None,
         exited: false,
     };
@@ -66,10 +67,12 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
     // When the previous job ended, if the next one was taken without waiting: it
     // serves as the next start time, saving a clock read per job under load.
     let mut last_end: Option<Instant> = None;
+    // How the previous job ended, for its key's counters and limits.
+    let mut outcome = Outcome::Completed;
     loop {
         let mut waited = false;
         let next = poll_fn(|cx| {
-            let p = inner.next_job(guard.idx, &mut guard.holds_slot, cx);
+            let p = inner.next_job(guard.idx, &mut guard.held, outcome, cx);
             waited |= p.is_pending();
             p
         })
@@ -83,9 +86,13 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
             shard: &shard,
             telemetry: &inner.telemetry,
         };
-        let Some(span) = job.as_mut().begin(&inner.name, queued.id, counters) else {
+        let Some(span) = job
+            .as_mut()
+            .begin(&inner.name, queued.id, queued.claimed, counters)
+        else {
             drop_quietly(job);
             last_end = None;
+            outcome = Outcome::Cancelled;
             continue;
         };
         let started = match last_end.take() {
@@ -100,7 +107,9 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
             started,
         };
         let job = guard.job.insert(job);
-        last_end = Some(poll_fn(|cx| job.as_mut().poll_run(cx, &ctx)).await);
+        let (ended, how) = poll_fn(|cx| job.as_mut().poll_run(cx, &ctx)).await;
+        last_end = Some(ended);
+        outcome = how;
         // The result cell may hold an output whose handle is gone: its drop (and the
         // future's, already done) must not take the worker down.
         drop_quietly(guard.job.take());
@@ -117,8 +126,8 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
     }
 }
 
-/// Spawns the task that expires queue timeouts. There is at most one per pool; it
-/// starts with the first job that has a queue timeout.
+/// Spawns the timer task, which expires queue timeouts and ends rate waits and
+/// pauses. There is at most one per pool; it starts with the first timer.
 pub(crate) fn spawn_reaper(inner: &Arc<Inner>, tracker: &TaskTracker, rt: &Handle) {
     let guard = ReaperGuard {
         inner: inner.clone(),

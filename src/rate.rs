@@ -1,0 +1,203 @@
+//! [`Rate`], a limit on how fast jobs start, and [`Gcra`], the scheduler's state
+//! for one rate.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::LimitError;
+
+/// How fast jobs may start: `n` per period, with bursts of up to `burst` (default 1).
+///
+/// Enforced with GCRA (the generic cell rate algorithm, a token bucket without a
+/// refill task): jobs start at most one per `period / n` on average, and up to
+/// `burst` of them may start back to back after a quiet spell. Over any window of
+/// length `t`, at most `burst + n × t / period` jobs start.
+///
+/// A rate limits **starts**, not submissions: a job waits in the queue, holding no
+/// worker, until the rate allows it.
+///
+/// A zero count, period or burst is refused when the rate is used, with
+/// [`LimitError`] (inside [`BuildError::InvalidLimit`](crate::BuildError::InvalidLimit)
+/// from [`Builder::build`](crate::Builder::build)).
+///
+/// ```
+/// use std::time::Duration;
+/// use taskgate::Rate;
+///
+/// let a = Rate::per_second(50);
+/// let b = Rate::per_minute(600).burst(20);
+/// let c = Rate::new(3, Duration::from_millis(100));
+/// assert_eq!(a.interval(), Duration::from_millis(20));
+/// assert_eq!(b.interval(), Duration::from_millis(100));
+/// assert_eq!(c.burst_size(), 1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rate {
+    n: u32,
+    per: Duration,
+    burst: u32,
+}
+
+impl Rate {
+    /// `n` starts per second.
+    pub const fn per_second(n: u32) -> Rate {
+        Rate::new(n, Duration::from_secs(1))
+    }
+
+    /// `n` starts per minute.
+    pub const fn per_minute(n: u32) -> Rate {
+        Rate::new(n, Duration::from_secs(60))
+    }
+
+    /// `n` starts per `per`.
+    pub const fn new(n: u32, per: Duration) -> Rate {
+        Rate { n, per, burst: 1 }
+    }
+
+    /// Allows up to `burst` starts back to back after a quiet spell (default 1).
+    pub const fn burst(mut self, burst: u32) -> Rate {
+        self.burst = burst;
+        self
+    }
+
+    /// The count: starts per [`period`](Rate::period).
+    pub const fn count(&self) -> u32 {
+        self.n
+    }
+
+    /// The period.
+    pub const fn period(&self) -> Duration {
+        self.per
+    }
+
+    /// The burst size.
+    pub const fn burst_size(&self) -> u32 {
+        self.burst
+    }
+
+    /// The average time between starts, `period / count`, rounded up to the
+    /// nanosecond so that the rate is never exceeded. Zero for a zero count.
+    pub fn interval(&self) -> Duration {
+        if self.n == 0 {
+            return Duration::ZERO;
+        }
+        let nanos = self.per.as_nanos().div_ceil(u128::from(self.n));
+        Duration::new(
+            u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX),
+            (nanos % 1_000_000_000) as u32,
+        )
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), LimitError> {
+        if self.n == 0 {
+            Err(LimitError::ZeroRate)
+        } else if self.per.is_zero() {
+            Err(LimitError::ZeroPeriod)
+        } else if self.burst == 0 {
+            Err(LimitError::ZeroBurst)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// GCRA state for one [`Rate`]: the theoretical arrival time of the next start.
+///
+/// A start at `now` conforms when `now >= tat - tolerance`, and moves `tat` to
+/// `max(tat, now) + interval`. Checking and taking are separate, so a job that must
+/// pass several rates (its key's and the pool's) takes from each only when it
+/// passes all of them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Gcra {
+    interval: Duration,
+    /// `interval × (burst - 1)`: how far ahead of the clock `tat` may run.
+    tolerance: Duration,
+    tat: Option<Instant>,
+}
+
+impl Gcra {
+    pub(crate) fn new(rate: Rate) -> Gcra {
+        let interval = rate.interval();
+        Gcra {
+            interval,
+            tolerance: interval.saturating_mul(rate.burst.saturating_sub(1)),
+            tat: None,
+        }
+    }
+
+    /// Changes the rate, keeping what has been taken so far.
+    pub(crate) fn set_rate(&mut self, rate: Rate) {
+        let tat = self.tat;
+        *self = Gcra::new(rate);
+        self.tat = tat;
+    }
+
+    /// `None` if a start conforms at `now`, or else the earliest time it will.
+    pub(crate) fn check(&self, now: Instant) -> Option<Instant> {
+        let tat = self.tat?;
+        if now.checked_add(self.tolerance).is_none_or(|t| t >= tat) {
+            None
+        } else {
+            // `tat > now + tolerance`, so this subtraction cannot underflow.
+            Some(tat - self.tolerance)
+        }
+    }
+
+    /// Takes one start at `now`.
+    pub(crate) fn take(&mut self, now: Instant) {
+        let base = self.tat.map_or(now, |t| t.max(now));
+        self.tat = Some(
+            base.checked_add(self.interval)
+                .unwrap_or_else(|| far_future(now)),
+        );
+    }
+
+    /// When the state is back to fresh (nothing owed), if it is not at `now`.
+    pub(crate) fn owed_until(&self, now: Instant) -> Option<Instant> {
+        self.tat.filter(|&t| t > now)
+    }
+}
+
+/// A time that will not come: about thirty years from `now`.
+pub(crate) fn far_future(now: Instant) -> Instant {
+    const THIRTY_YEARS: Duration = Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(THIRTY_YEARS).unwrap_or(now)
+}
+
+/// `now + d`, or [`far_future`] when that does not fit the clock.
+pub(crate) fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .map_or_else(|| far_future(now), |t| t.min(far_future(now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_interval() {
+        let t0 = Instant::now();
+        let mut g = Gcra::new(Rate::per_second(10).burst(3));
+        for _ in 0..3 {
+            assert_eq!(g.check(t0), None);
+            g.take(t0);
+        }
+        assert_eq!(g.check(t0), Some(t0 + Duration::from_millis(100)));
+        assert_eq!(g.owed_until(t0), Some(t0 + Duration::from_millis(300)));
+        assert_eq!(g.owed_until(t0 + Duration::from_millis(300)), None);
+    }
+
+    #[test]
+    fn interval_rounds_up() {
+        assert_eq!(
+            Rate::new(3, Duration::from_nanos(10)).interval(),
+            Duration::from_nanos(4)
+        );
+        assert_eq!(
+            Rate::new(u32::MAX, Duration::from_nanos(1)).interval(),
+            Duration::from_nanos(1)
+        );
+        assert_eq!(Rate::new(1, Duration::MAX).interval(), Duration::MAX);
+    }
+}

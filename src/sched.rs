@@ -1,0 +1,653 @@
+//! The scheduler: which queued job starts next. [`Sched`] lives inside the pool's
+//! state and is only touched under its lock.
+//!
+//! Jobs wait in **lanes**: lane 0 holds the unkeyed jobs, and each [`Key`] with
+//! something queued, running, paused or owed has a lane of its own. A lane has one
+//! FIFO per [`Priority`] (each sorted by job id, so a cancelled or expired job is
+//! found by binary search) and a [`Gate`] of limiters (pause, concurrency, rate).
+//!
+//! A **ring** per priority lists the lanes that have jobs at that priority and are
+//! not known to be blocked. A worker looking for a job takes the first lane of the
+//! highest non-empty ring, asks the lane's gate (and the pool's), and either takes
+//! the lane's next job, moving the lane to the back of the ring (round-robin), or
+//! marks the lane blocked and drops it from the rings. A blocked lane comes back
+//! when one of its jobs ends (concurrency) or a timer fires (rate, pause). So a
+//! blocked key never holds a worker and never stands in front of another key.
+//!
+//! Lowly jobs age: an entry per `Low`/`Normal` job in `aging` (id order) lets the
+//! scheduler move a job that has waited `aging_after` into its lane's `High` queue.
+//! It only looks when jobs of two priorities are queued, since otherwise order
+//! would not change.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::job::Job;
+use crate::key::{Key, KeyLimits, KeyStats};
+use crate::limit::{Admit, Clock, Gate, Limiter};
+use crate::rate::{Gcra, Rate, after};
+use crate::stats::Outcome;
+
+/// The lane of unkeyed jobs. It always exists.
+pub(crate) const UNKEYED: u32 = 0;
+/// The `wakeups` entry of the pool's own gate.
+const POOL: u32 = u32::MAX;
+const HIGH: usize = 2;
+
+/// One accepted job waiting in the queue.
+pub(crate) struct Queued {
+    /// Ids are assigned under the lock in push order, so each lane queue is sorted
+    /// by id and a job can be found by binary search.
+    pub(crate) id: u64,
+    /// When the job's queue timeout expires, if it has one.
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) job: Pin<Box<dyn Job>>,
+    pub(crate) lane: u32,
+    /// The priority it was submitted with (aging may have moved it to `High`).
+    pub(crate) prio: u8,
+    /// Set when a worker takes it: the job was claimed (not cancelled first), and
+    /// counts against its limits until it ends.
+    pub(crate) claimed: bool,
+}
+
+/// Where a job was queued, kept by its handle so that a cancel finds it at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pos {
+    pub(crate) id: u64,
+    pub(crate) lane: u32,
+    pub(crate) prio: u8,
+}
+
+/// Why a job left the queue without starting, for its key's counters.
+#[derive(Clone, Copy)]
+pub(crate) enum Gone {
+    Cancelled,
+    QueueTimedOut,
+}
+
+#[derive(Default, Clone, Copy)]
+struct KeyCounts {
+    completed: u64,
+    cancelled: u64,
+    timed_out: u64,
+    queue_timed_out: u64,
+    panicked: u64,
+}
+
+struct Lane {
+    key: Option<Key>,
+    /// Distinguishes this lane from earlier ones in the same slot, whose ring
+    /// entries may still be around.
+    generation: u32,
+    queues: [VecDeque<Queued>; 3],
+    queued: usize,
+    in_ring: [bool; 3],
+    /// Known unable to start a job now; out of the rings until a release or timer.
+    blocked: bool,
+    gate: Gate,
+    capacity: usize,
+    /// The timer set for this lane, if any.
+    wake_at: Option<Instant>,
+    counts: KeyCounts,
+}
+
+impl Lane {
+    fn new(key: Option<Key>, generation: u32, limits: &KeyLimits) -> Lane {
+        Lane {
+            key,
+            generation,
+            queues: Default::default(),
+            queued: 0,
+            in_ring: [false; 3],
+            blocked: false,
+            gate: Gate::new(limits.concurrency, limits.rate),
+            capacity: limits.queue_capacity.unwrap_or(usize::MAX),
+            wake_at: None,
+            counts: KeyCounts::default(),
+        }
+    }
+
+    fn apply(&mut self, limits: &KeyLimits) {
+        self.gate.concurrency.cap = limits.concurrency.unwrap_or(usize::MAX);
+        self.capacity = limits.queue_capacity.unwrap_or(usize::MAX);
+        self.gate.rate = match (self.gate.rate, limits.rate) {
+            (Some(mut g), Some(r)) => {
+                g.set_rate(r);
+                Some(g)
+            }
+            (None, Some(r)) => Some(Gcra::new(r)),
+            (_, None) => None,
+        };
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        let c = &mut self.counts;
+        match outcome {
+            Outcome::Completed => c.completed += 1,
+            Outcome::Cancelled | Outcome::Aborted => c.cancelled += 1,
+            Outcome::TimedOut => c.timed_out += 1,
+            Outcome::Panicked => c.panicked += 1,
+        }
+    }
+}
+
+/// A `Low` or `Normal` job's turn to be lifted to `High`.
+struct Aging {
+    due: Instant,
+    id: u64,
+    lane: u32,
+    prio: u8,
+}
+
+pub(crate) struct Sched {
+    lanes: Vec<Option<Lane>>,
+    free: Vec<u32>,
+    by_key: HashMap<Key, u32>,
+    overrides: HashMap<Key, KeyLimits>,
+    defaults: KeyLimits,
+    rings: [VecDeque<(u32, u32)>; 3],
+    aging: VecDeque<Aging>,
+    aging_after: Duration,
+    /// Jobs queued, in all lanes.
+    pub(crate) queued: usize,
+    by_prio: [usize; 3],
+    /// The pool's own limits: its rate and its pause. (Its concurrency is the
+    /// worker count, kept by the pool state.)
+    pool: Gate,
+    /// The pool's gate said no until then: nothing starts before the timer fires.
+    pool_blocked: Option<Instant>,
+    /// Times at which a lane (or `POOL`) may become startable or collectable.
+    wakeups: BTreeSet<(Instant, u32)>,
+    /// Queue-timeout deadlines: (deadline, id, lane, priority at submit).
+    deadlines: BTreeSet<(Instant, u64, u32, u8)>,
+    next_generation: u32,
+    /// An earlier timer was set than the timer task may be sleeping for.
+    timer_dirty: bool,
+}
+
+impl Sched {
+    pub(crate) fn new(
+        pool_rate: Option<Rate>,
+        defaults: KeyLimits,
+        aging_after: Duration,
+    ) -> Sched {
+        Sched {
+            lanes: vec![Some(Lane::new(None, 0, &KeyLimits::default()))],
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            overrides: HashMap::new(),
+            defaults,
+            rings: Default::default(),
+            aging: VecDeque::new(),
+            aging_after,
+            queued: 0,
+            by_prio: [0; 3],
+            pool: Gate::new(None, pool_rate),
+            pool_blocked: None,
+            wakeups: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            next_generation: 1,
+            timer_dirty: false,
+        }
+    }
+
+    fn lane(&mut self, li: u32) -> &mut Lane {
+        self.lanes[li as usize]
+            .as_mut()
+            .expect("taskgate bug: a lane in use was removed")
+    }
+
+    /// Keys that have state now.
+    pub(crate) fn keys(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether a worker looking now could find a job (or a lane to rule out).
+    #[inline]
+    pub(crate) fn startable(&self) -> bool {
+        self.queued > 0 && self.pool_blocked.is_none() && self.rings.iter().any(|r| !r.is_empty())
+    }
+
+    /// The earliest timer, for the timer task.
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
+        let d = self.deadlines.first().map(|e| e.0);
+        let w = self.wakeups.first().map(|e| e.0);
+        match (d, w) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether a timer was set since the last call.
+    pub(crate) fn take_timer_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.timer_dirty)
+    }
+
+    fn set_timer_dirty(&mut self, at: Instant) {
+        if self.next_timer().is_none_or(|t| at < t) {
+            self.timer_dirty = true;
+        }
+    }
+
+    /// The lane for a new job of `key`, created if needed; `None` if the key's
+    /// queue is full. Called only once the pool's queue has room.
+    pub(crate) fn lane_for(&mut self, key: Option<&Key>) -> Option<u32> {
+        let Some(key) = key else {
+            return Some(UNKEYED);
+        };
+        if let Some(&li) = self.by_key.get(key) {
+            let lane = self.lane(li);
+            return (lane.queued < lane.capacity).then_some(li);
+        }
+        Some(self.create_lane(key))
+    }
+
+    fn create_lane(&mut self, key: &Key) -> u32 {
+        let limits = self.overrides.get(key).copied().unwrap_or(self.defaults);
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let lane = Lane::new(Some(key.clone()), generation, &limits);
+        let li = match self.free.pop() {
+            Some(li) => {
+                self.lanes[li as usize] = Some(lane);
+                li
+            }
+            None => {
+                self.lanes.push(Some(lane));
+                u32::try_from(self.lanes.len() - 1).expect("fewer than 2^32 keys with state")
+            }
+        };
+        self.by_key.insert(key.clone(), li);
+        li
+    }
+
+    /// Queues `q` in its lane. `now` is when it was accepted.
+    pub(crate) fn push(&mut self, q: Queued, now: Instant) {
+        let (li, p, id) = (q.lane, usize::from(q.prio), q.id);
+        if let Some(d) = q.deadline {
+            self.set_timer_dirty(d);
+            self.deadlines.insert((d, id, li, q.prio));
+        }
+        let lane = self.lane(li);
+        lane.queues[p].push_back(q);
+        lane.queued += 1;
+        self.queued += 1;
+        self.by_prio[p] += 1;
+        if p < HIGH {
+            self.aging.push_back(Aging {
+                due: after(now, self.aging_after),
+                id,
+                lane: li,
+                prio: p as u8,
+            });
+            if self.aging.len() > 64 + 2 * (self.by_prio[0] + self.by_prio[1]) {
+                self.compact_aging();
+            }
+        }
+        self.enqueue_lane(li, p);
+    }
+
+    fn enqueue_lane(&mut self, li: u32, p: usize) {
+        let lane = self.lanes[li as usize].as_mut().expect("lane exists");
+        if !lane.blocked && !lane.in_ring[p] && !lane.queues[p].is_empty() {
+            lane.in_ring[p] = true;
+            let entry = (li, lane.generation);
+            self.rings[p].push_back(entry);
+        }
+    }
+
+    /// Puts an unblocked lane back in the rings of every priority it has jobs at.
+    fn unblock(&mut self, li: u32) {
+        if let Some(lane) = self.lanes[li as usize].as_mut() {
+            lane.blocked = false;
+            for p in 0..3 {
+                self.enqueue_lane(li, p);
+            }
+        }
+    }
+
+    /// Takes the next job that may start now, taking its place against every limit.
+    /// `None` if nothing queued may start; the lanes that could not were marked
+    /// blocked, with timers where time will unblock them.
+    pub(crate) fn pick(&mut self, clock: &mut Clock) -> Option<Queued> {
+        if self.queued == 0 || self.pool_blocked.is_some() {
+            return None;
+        }
+        match self.pool.check(clock) {
+            Admit::Now => {}
+            Admit::At(t) => {
+                self.pool_blocked = Some(t);
+                self.wake(POOL, t);
+                return None;
+            }
+            Admit::OnRelease => return None,
+        }
+        if self.by_prio.iter().filter(|&&n| n > 0).count() > 1 {
+            self.promote(clock.now());
+        }
+        for p in (0..3).rev() {
+            while let Some((li, generation)) = self.rings[p].pop_front() {
+                let Some(lane) = self.lanes[li as usize]
+                    .as_mut()
+                    .filter(|l| l.generation == generation)
+                else {
+                    continue;
+                };
+                lane.in_ring[p] = false;
+                if lane.blocked || lane.queues[p].is_empty() {
+                    continue;
+                }
+                match lane.gate.check(clock) {
+                    Admit::Now => {}
+                    Admit::OnRelease => {
+                        lane.blocked = true;
+                        continue;
+                    }
+                    Admit::At(t) => {
+                        lane.blocked = true;
+                        self.wake(li, t);
+                        continue;
+                    }
+                }
+                let mut q = lane.queues[p].pop_front().expect("checked non-empty");
+                lane.queued -= 1;
+                if !lane.queues[p].is_empty() {
+                    lane.in_ring[p] = true;
+                    self.rings[p].push_back((li, generation));
+                }
+                q.claimed = q.job.claim();
+                if q.claimed {
+                    lane.gate.acquire(clock);
+                    self.pool.acquire(clock);
+                }
+                self.queued -= 1;
+                self.by_prio[p] -= 1;
+                if let Some(d) = q.deadline {
+                    self.deadlines.remove(&(d, q.id, li, q.prio));
+                }
+                if self.aging.front().is_some_and(|a| a.id == q.id) {
+                    self.aging.pop_front();
+                }
+                if !q.claimed {
+                    // Cancelled just before it was taken: it counts against nothing.
+                    self.collect(li, clock);
+                }
+                return Some(q);
+            }
+        }
+        None
+    }
+
+    /// Lifts every `Low`/`Normal` job that has waited `aging_after` to its lane's
+    /// `High` queue.
+    fn promote(&mut self, now: Instant) {
+        while let Some(a) = self.aging.front() {
+            let (li, p, id, due) = (a.lane, usize::from(a.prio), a.id, a.due);
+            let live = self.lanes[li as usize]
+                .as_ref()
+                .is_some_and(|l| l.queues[p].front().is_some_and(|q| q.id == id));
+            if live && due > now {
+                break;
+            }
+            self.aging.pop_front();
+            if !live {
+                continue;
+            }
+            let lane = self.lane(li);
+            let q = lane.queues[p].pop_front().expect("checked live");
+            let high = &mut lane.queues[HIGH];
+            let at = high.partition_point(|h| h.id < id);
+            high.insert(at, q);
+            self.by_prio[p] -= 1;
+            self.by_prio[HIGH] += 1;
+            self.enqueue_lane(li, HIGH);
+        }
+    }
+
+    /// Drops aging entries whose jobs are no longer queued at their priority.
+    fn compact_aging(&mut self) {
+        let lanes = &self.lanes;
+        self.aging.retain(|a| {
+            lanes[a.lane as usize].as_ref().is_some_and(|l| {
+                l.queues[usize::from(a.prio)]
+                    .binary_search_by_key(&a.id, |q| q.id)
+                    .is_ok()
+            })
+        });
+    }
+
+    /// Sets (or brings forward) the timer of lane `li` (or `POOL`).
+    fn wake(&mut self, li: u32, at: Instant) {
+        if li != POOL {
+            let lane = self.lane(li);
+            match lane.wake_at {
+                Some(w) if w <= at => return,
+                Some(w) => {
+                    lane.wake_at = Some(at);
+                    self.wakeups.remove(&(w, li));
+                }
+                None => lane.wake_at = Some(at),
+            }
+        }
+        self.set_timer_dirty(at);
+        self.wakeups.insert((at, li));
+    }
+
+    /// A job taken by `pick` has ended (or, if not `claimed`, was found cancelled).
+    pub(crate) fn finish(&mut self, li: u32, claimed: bool, outcome: Outcome, clock: &mut Clock) {
+        if claimed {
+            self.pool.release(outcome);
+        }
+        let lane = self.lane(li);
+        if li != UNKEYED {
+            lane.record(if claimed { outcome } else { Outcome::Cancelled });
+        }
+        if claimed {
+            lane.gate.release(outcome);
+            if lane.blocked && lane.gate.concurrency.running < lane.gate.concurrency.cap {
+                self.unblock(li);
+            }
+        }
+        self.collect(li, clock);
+    }
+
+    /// Removes a keyed lane that holds nothing: no job queued or running, no pause,
+    /// no rate debt. One that still holds a pause or debt gets a timer to try again.
+    fn collect(&mut self, li: u32, clock: &mut Clock) {
+        if li == UNKEYED {
+            return;
+        }
+        let lane = self.lane(li);
+        if lane.queued > 0 || lane.gate.concurrency.running > 0 {
+            return;
+        }
+        if let Some(until) = lane.gate.holds_until(clock) {
+            self.wake(li, until);
+            return;
+        }
+        let lane = self.lanes[li as usize].take().expect("lane exists");
+        if let Some(w) = lane.wake_at {
+            self.wakeups.remove(&(w, li));
+        }
+        if let Some(key) = lane.key {
+            self.by_key.remove(&key);
+        }
+        self.free.push(li);
+    }
+
+    /// Takes a queued job out (cancelled, or its queue timeout expired).
+    pub(crate) fn take(
+        &mut self,
+        li: u32,
+        prio: u8,
+        id: u64,
+        why: Gone,
+        clock: &mut Clock,
+    ) -> Option<Queued> {
+        let lane = self.lanes.get_mut(li as usize)?.as_mut()?;
+        let p = usize::from(prio);
+        let (p, at) = [p, HIGH].into_iter().find_map(|p| {
+            lane.queues[p]
+                .binary_search_by_key(&id, |q| q.id)
+                .ok()
+                .map(|at| (p, at))
+        })?;
+        let q = lane.queues[p].remove(at).expect("found");
+        lane.queued -= 1;
+        if li != UNKEYED {
+            match why {
+                Gone::Cancelled => lane.counts.cancelled += 1,
+                Gone::QueueTimedOut => lane.counts.queue_timed_out += 1,
+            }
+        }
+        self.queued -= 1;
+        self.by_prio[p] -= 1;
+        if let Some(d) = q.deadline {
+            self.deadlines.remove(&(d, q.id, li, q.prio));
+        }
+        self.collect(li, clock);
+        Some(q)
+    }
+
+    /// Expires due queue deadlines into `expired` and fires due wakeups. Returns
+    /// whether a lane (or the pool) may have become startable.
+    pub(crate) fn fire(&mut self, now: Instant, expired: &mut Vec<Queued>) -> bool {
+        let mut clock = Clock::at(now);
+        while let Some(&(d, id, li, prio)) = self.deadlines.first() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let why = Gone::QueueTimedOut;
+            if let Some(q) = self.take(li, prio, id, why, &mut clock) {
+                expired.push(q);
+            }
+        }
+        let mut woke = false;
+        while let Some(&(t, li)) = self.wakeups.first() {
+            if t > now {
+                break;
+            }
+            self.wakeups.pop_first();
+            if li == POOL {
+                if self.pool_blocked.is_some_and(|b| b <= now) {
+                    self.pool_blocked = None;
+                    woke = true;
+                }
+                continue;
+            }
+            let Some(lane) = self.lanes[li as usize].as_mut() else {
+                continue;
+            };
+            if lane.wake_at == Some(t) {
+                lane.wake_at = None;
+            }
+            self.unblock(li);
+            self.collect(li, &mut clock);
+            woke = true;
+        }
+        woke
+    }
+
+    /// A job that expired while its cancel was on the way counts as cancelled.
+    pub(crate) fn recount_cancelled(&mut self, li: u32) {
+        if li != UNKEYED
+            && let Some(lane) = self.lanes.get_mut(li as usize).and_then(Option::as_mut)
+        {
+            lane.counts.queue_timed_out -= 1;
+            lane.counts.cancelled += 1;
+        }
+    }
+
+    /// Takes every queued job out (abort), counting them cancelled.
+    pub(crate) fn drain(&mut self, clock: &mut Clock) -> Vec<Queued> {
+        let mut out = Vec::with_capacity(self.queued);
+        for li in 0..self.lanes.len() {
+            let Some(lane) = self.lanes[li].as_mut() else {
+                continue;
+            };
+            for q in &mut lane.queues {
+                let n = q.len() as u64;
+                out.extend(q.drain(..));
+                if li != UNKEYED as usize {
+                    lane.counts.cancelled += n;
+                }
+            }
+            lane.queued = 0;
+            lane.in_ring = [false; 3];
+            self.collect(li as u32, clock);
+        }
+        self.rings.iter_mut().for_each(VecDeque::clear);
+        self.aging.clear();
+        self.deadlines.clear();
+        self.queued = 0;
+        self.by_prio = [0; 3];
+        out
+    }
+
+    /// Pauses the pool (`key: None`) or one key until `until`.
+    pub(crate) fn pause(&mut self, key: Option<&Key>, until: Instant) {
+        match key {
+            None => {
+                self.pool.pause.extend(until);
+                let end = self.pool.pause.until.expect("just set");
+                self.pool_blocked = Some(self.pool_blocked.map_or(end, |b| b.max(end)));
+                self.wake(POOL, end);
+            }
+            Some(key) => {
+                let li = match self.by_key.get(key) {
+                    Some(&li) => li,
+                    None => self.create_lane(key),
+                };
+                let lane = self.lane(li);
+                lane.gate.pause.extend(until);
+                lane.blocked = true;
+                let end = lane.gate.pause.until.expect("just set");
+                self.wake(li, end);
+            }
+        }
+    }
+
+    /// Sets (`Some`) or clears (`None`) the override of `key`'s limits.
+    pub(crate) fn set_limits(&mut self, key: Key, limits: Option<KeyLimits>, clock: &mut Clock) {
+        let applied = match limits {
+            Some(l) => {
+                self.overrides.insert(key.clone(), l);
+                l
+            }
+            None => {
+                self.overrides.remove(&key);
+                self.defaults
+            }
+        };
+        if let Some(&li) = self.by_key.get(&key) {
+            self.lane(li).apply(&applied);
+            self.unblock(li);
+            self.collect(li, clock);
+        }
+    }
+
+    pub(crate) fn key_stats(&self, key: &Key, clock: &mut Clock) -> Option<KeyStats> {
+        let &li = self.by_key.get(key)?;
+        let lane = self.lanes[li as usize].as_ref()?;
+        let c = lane.counts;
+        Some(KeyStats {
+            busy: lane.gate.concurrency.running,
+            queued: lane.queued,
+            completed: c.completed,
+            cancelled: c.cancelled,
+            timed_out: c.timed_out,
+            queue_timed_out: c.queue_timed_out,
+            panicked: c.panicked,
+            paused_until: lane.gate.pause.active(clock),
+        })
+    }
+
+    /// Until when the pool is paused, if it is.
+    pub(crate) fn paused_until(&self, clock: &mut Clock) -> Option<Instant> {
+        self.pool.pause.active(clock)
+    }
+}
