@@ -74,6 +74,63 @@
 //! [`Pool::try_submit`] or [`Pool::submit_timeout`] and run the child inline when
 //! it is refused (the error hands it back), or submit children to a separate pool.
 //!
+//! # Rates, keys, priorities and pauses
+//!
+//! Beyond the worker count, one scheduler enforces these, and a job counts once
+//! against each that applies to it (a job cancelled or timed out while queued counts
+//! against none):
+//!
+//! - **A start rate** for the pool, [`Builder::rate_limit`] with a [`Rate`] (GCRA,
+//!   with a burst): over any window `t`, at most `burst + n × t / period` jobs start.
+//! - **Per-key limits**: tag a job with [`JobBuilder::key`] (a [`Key`]: a tenant, a
+//!   host) and give keys a concurrency cap, a rate and a queue capacity with
+//!   [`KeyLimits`], for every key ([`Builder::key_limits`]) or one
+//!   ([`Pool::set_key_limits`]). A key at its limits holds no worker and does not
+//!   hold up other keys; keys with startable jobs take turns. A key's state is
+//!   dropped once it has nothing queued, running, paused or owed.
+//! - **Priorities**: [`JobBuilder::priority`] with [`Priority`]; among jobs that may
+//!   start, higher first; a job that waited [`Builder::priority_aging`] ranks as
+//!   `High`.
+//! - **Pauses**: [`Pool::pause_for`] and [`Pool::pause_key_for`] start nothing (of
+//!   that key) for a while, to honour a `429` with `Retry-After`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use taskgate::{KeyLimits, Pool, Priority, Rate};
+//! use tokio::time::Instant;
+//!
+//! let pool = Pool::builder()
+//!     .workers(16)
+//!     .rate_limit(Rate::per_second(100).burst(10))
+//!     .key_limits(KeyLimits::default().concurrency(2).rate(Rate::per_second(5)))
+//!     .build()?;
+//!
+//! // Ten calls to one host: 2 at a time, at most 5 starts a second.
+//! let t0 = Instant::now();
+//! let mut handles = Vec::new();
+//! for _ in 0..10 {
+//!     let call = async { Instant::now() }; // stands for the real call
+//!     handles.push(pool.job(call).key("api.example.com").submit().await?);
+//! }
+//! let mut last_start = t0;
+//! for h in handles {
+//!     last_start = last_start.max(h.await?);
+//! }
+//! // The first started at once, then one every 200 ms.
+//! assert_eq!(last_start, t0 + Duration::from_millis(1_800));
+//!
+//! // An urgent call to another host starts first, whatever the queue holds.
+//! let urgent = pool.job(async { "now" }).key("other.example.com").priority(Priority::High);
+//! assert_eq!(urgent.run().await, Ok("now"));
+//!
+//! // The host answered 429 with Retry-After: 30.
+//! pool.pause_key_for("api.example.com", Duration::from_secs(30));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Fitting in
 //!
 //! - [`Pool::group`] fans out and collects, like an errgroup: [`Group::join_next`],

@@ -22,7 +22,7 @@ use crate::key::{Key, KeyLimits, KeyStats};
 use crate::limit::Clock;
 use crate::priority::Priority;
 use crate::rate::{Rate, after};
-use crate::sched::{Gone, Pos, Queued, Sched};
+use crate::sched::{Gone, Pos, Queued, Sched, UNKEYED};
 use crate::stats::{Outcome, Shard, Stats, Totals};
 use crate::telemetry::Telemetry;
 
@@ -466,6 +466,12 @@ impl Inner {
             notify_space = st.submit_waiters > 0;
         }
         let result = self.next_locked(&mut st, idx, held, &mut clock, cx);
+        // Taking a keyed job frees a place in its key's queue, which a submitter
+        // may be waiting for. (The pool's queue space counts free workers, so a
+        // take alone frees none there; a finish does.)
+        if st.key_waiters && matches!(&result, Poll::Ready(Some(q)) if q.lane != UNKEYED) {
+            notify_space = true;
+        }
         st.publish(&self.telemetry);
         // A worker that took a job hands the search on if more are queued; one
         // that exits may leave a start slot that an idle worker can use.
