@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::job::Job;
 use crate::key::{Key, KeyLimits, KeyStats};
 use crate::limit::{Admit, Clock, Gate, Limiter};
-use crate::rate::{Gcra, Rate, after};
+use crate::rate::{Gcra, Rate, far_future};
 use crate::stats::Outcome;
 
 /// The lane of unkeyed jobs. It always exists.
@@ -77,12 +77,20 @@ struct KeyCounts {
     panicked: u64,
 }
 
+type Queues = [VecDeque<Queued>; 3];
+
+/// Empty queues kept from collected lanes, so that a key that comes and goes (one
+/// job at a time) does not allocate a queue per job.
+const SPARE_QUEUES: usize = 64;
+/// The largest capacity a spare queue keeps.
+const SPARE_CAPACITY: usize = 16;
+
 struct Lane {
     key: Option<Key>,
     /// Distinguishes this lane from earlier ones in the same slot, whose ring
     /// entries may still be around.
     generation: u32,
-    queues: [VecDeque<Queued>; 3],
+    queues: Queues,
     queued: usize,
     in_ring: [bool; 3],
     /// Known unable to start a job now; out of the rings until a release or timer.
@@ -95,11 +103,11 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(key: Option<Key>, generation: u32, limits: &KeyLimits) -> Lane {
+    fn new(key: Option<Key>, generation: u32, limits: &KeyLimits, queues: Queues) -> Lane {
         Lane {
             key,
             generation,
-            queues: Default::default(),
+            queues,
             queued: 0,
             in_ring: [false; 3],
             blocked: false,
@@ -145,6 +153,7 @@ struct Aging {
 pub(crate) struct Sched {
     lanes: Vec<Option<Lane>>,
     free: Vec<u32>,
+    spare: Vec<Queues>,
     by_key: HashMap<Key, u32>,
     overrides: HashMap<Key, KeyLimits>,
     defaults: KeyLimits,
@@ -175,8 +184,14 @@ impl Sched {
         aging_after: Duration,
     ) -> Sched {
         Sched {
-            lanes: vec![Some(Lane::new(None, 0, &KeyLimits::default()))],
+            lanes: vec![Some(Lane::new(
+                None,
+                0,
+                &KeyLimits::default(),
+                Queues::default(),
+            ))],
             free: Vec::new(),
+            spare: Vec::new(),
             by_key: HashMap::new(),
             overrides: HashMap::new(),
             defaults,
@@ -249,7 +264,8 @@ impl Sched {
         let limits = self.overrides.get(key).copied().unwrap_or(self.defaults);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        let lane = Lane::new(Some(key.clone()), generation, &limits);
+        let queues = self.spare.pop().unwrap_or_default();
+        let lane = Lane::new(Some(key.clone()), generation, &limits, queues);
         let li = match self.free.pop() {
             Some(li) => {
                 self.lanes[li as usize] = Some(lane);
@@ -278,7 +294,9 @@ impl Sched {
         self.by_prio[p] += 1;
         if p < HIGH {
             self.aging.push_back(Aging {
-                due: after(now, self.aging_after),
+                due: now
+                    .checked_add(self.aging_after)
+                    .unwrap_or_else(|| far_future(now)),
                 id,
                 lane: li,
                 prio: p as u8,
@@ -468,14 +486,25 @@ impl Sched {
             self.wake(li, until);
             return;
         }
-        let lane = self.lanes[li as usize].take().expect("lane exists");
+        let mut lane = self.lanes[li as usize].take().expect("lane exists");
         if let Some(w) = lane.wake_at {
             self.wakeups.remove(&(w, li));
         }
         if let Some(key) = lane.key {
             self.by_key.remove(&key);
+            // Give back the map's memory after a peak of keys.
+            let cap = self.by_key.capacity();
+            if cap > 4096 && self.by_key.len() < cap / 8 {
+                self.by_key.shrink_to(cap / 4);
+            }
         }
         self.free.push(li);
+        if self.spare.len() < SPARE_QUEUES {
+            lane.queues
+                .iter_mut()
+                .for_each(|q| q.shrink_to(SPARE_CAPACITY));
+            self.spare.push(lane.queues);
+        }
     }
 
     /// Takes a queued job out (cancelled, or its queue timeout expired).
