@@ -226,6 +226,15 @@ impl State {
         }
     }
 
+    /// After close, once nothing is queued, unparks idle workers so that they exit.
+    /// (A worker parks while every queued job is held by a key limit or rate; the
+    /// last of those may then leave the queue without it.)
+    fn release_idle_if_drained(&mut self, out: &mut Vec<Waker>) {
+        if self.closed && self.sched.queued == 0 && !self.idle.is_empty() {
+            self.unpark_all(out);
+        }
+    }
+
     /// Sums the counters of every worker, live and retired.
     fn totals(&self) -> Totals {
         let mut totals = Totals::new();
@@ -483,10 +492,13 @@ impl Inner {
         let timer = st.timer_act();
         let key_waiters = st.key_waiters;
         let exited = matches!(result, Poll::Ready(None));
+        let mut wakers = Vec::new();
+        st.release_idle_if_drained(&mut wakers);
         drop(st);
         if let Some(a) = action {
             self.act(a);
         }
+        wakers.into_iter().for_each(Waker::wake);
         self.timer(timer);
         if notify_space {
             self.notify_space(key_waiters);
@@ -602,11 +614,14 @@ impl Inner {
         }
         st.count_cancelled(&self.telemetry, 1, false);
         st.publish(&self.telemetry);
+        let mut wakers = Vec::new();
+        st.release_idle_if_drained(&mut wakers);
         let timer = st.timer_act();
         let notify = st.submit_waiters > 0;
         let key_waiters = st.key_waiters;
         let closed = st.closed;
         drop(st);
+        wakers.into_iter().for_each(Waker::wake);
         self.timer(timer);
         if notify {
             self.notify_space(key_waiters);
@@ -653,10 +668,13 @@ impl Inner {
         }
         let notify = !expired.is_empty() && st.submit_waiters > 0;
         let closed = st.closed;
+        let mut wakers = Vec::new();
+        st.release_idle_if_drained(&mut wakers);
         drop(st);
         for a in actions {
             self.act(a);
         }
+        wakers.into_iter().for_each(Waker::wake);
         if notify {
             self.space.notify_waiters();
         }

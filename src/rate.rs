@@ -17,6 +17,12 @@ use crate::error::LimitError;
 /// A rate limits **starts**, not submissions: a job waits in the queue, holding no
 /// worker, until the rate allows it.
 ///
+/// Tokio's timers have millisecond resolution, so a wait for the rate ends on the
+/// next millisecond. With a burst of 1, a rate whose interval is not a whole number
+/// of milliseconds (300 per second: 3.33 ms) is therefore not quite reached (it runs
+/// at one start per 4 ms). A burst of at least one millisecond's worth of starts
+/// plus one absorbs the rounding. The bound is never exceeded either way.
+///
 /// A zero count, period or burst is refused when the rate is used, with
 /// [`LimitError`] (inside [`BuildError::InvalidLimit`](crate::BuildError::InvalidLimit)
 /// from [`Builder::build`](crate::Builder::build)).
@@ -118,7 +124,8 @@ pub(crate) struct Gcra {
 
 impl Gcra {
     pub(crate) fn new(rate: Rate) -> Gcra {
-        let interval = rate.interval();
+        // Beyond the horizon every wait is "never"; the clamp keeps `tat` on the clock.
+        let interval = rate.interval().min(HORIZON);
         Gcra {
             interval,
             tolerance: interval.saturating_mul(rate.burst.saturating_sub(1)),
@@ -135,13 +142,9 @@ impl Gcra {
 
     /// `None` if a start conforms at `now`, or else the earliest time it will.
     pub(crate) fn check(&self, now: Instant) -> Option<Instant> {
-        let tat = self.tat?;
-        if now.checked_add(self.tolerance).is_none_or(|t| t >= tat) {
-            None
-        } else {
-            // `tat > now + tolerance`, so this subtraction cannot underflow.
-            Some(tat - self.tolerance)
-        }
+        // `tat - tolerance` before the clock's origin is long past: it conforms.
+        let earliest = self.tat?.checked_sub(self.tolerance)?;
+        (now < earliest).then_some(earliest)
     }
 
     /// Takes one start at `now`.
@@ -159,10 +162,12 @@ impl Gcra {
     }
 }
 
-/// A time that will not come: about thirty years from `now`.
+/// About thirty years: a wait this long means "never".
+const HORIZON: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// A time that will not come: [`HORIZON`] from `now`.
 pub(crate) fn far_future(now: Instant) -> Instant {
-    const THIRTY_YEARS: Duration = Duration::from_secs(86_400 * 365 * 30);
-    now.checked_add(THIRTY_YEARS).unwrap_or(now)
+    now.checked_add(HORIZON).unwrap_or(now)
 }
 
 /// `now + d`, or [`far_future`] when that does not fit the clock.

@@ -92,6 +92,9 @@ struct Lane {
     generation: u32,
     queues: Queues,
     queued: usize,
+    /// Jobs taken by a worker and not yet reported ended (claimed or not): the
+    /// lane must outlive them.
+    taken: usize,
     in_ring: [bool; 3],
     /// Known unable to start a job now; out of the rings until a release or timer.
     blocked: bool,
@@ -109,6 +112,7 @@ impl Lane {
             generation,
             queues,
             queued: 0,
+            taken: 0,
             in_ring: [false; 3],
             blocked: false,
             gate: Gate::new(limits.concurrency, limits.rate),
@@ -372,6 +376,7 @@ impl Sched {
                 }
                 let mut q = lane.queues[p].pop_front().expect("checked non-empty");
                 lane.queued -= 1;
+                lane.taken += 1;
                 if !lane.queues[p].is_empty() {
                     lane.in_ring[p] = true;
                     self.rings[p].push_back((li, generation));
@@ -389,10 +394,8 @@ impl Sched {
                 if self.aging.front().is_some_and(|a| a.id == q.id) {
                     self.aging.pop_front();
                 }
-                if !q.claimed {
-                    // Cancelled just before it was taken: it counts against nothing.
-                    self.collect(li, clock);
-                }
+                // A job cancelled just before it was taken (`!claimed`) counts
+                // against nothing; its lane stays until the worker reports it.
                 return Some(q);
             }
         }
@@ -460,6 +463,7 @@ impl Sched {
             self.pool.release(outcome);
         }
         let lane = self.lane(li);
+        lane.taken -= 1;
         if li != UNKEYED {
             lane.record(if claimed { outcome } else { Outcome::Cancelled });
         }
@@ -472,14 +476,14 @@ impl Sched {
         self.collect(li, clock);
     }
 
-    /// Removes a keyed lane that holds nothing: no job queued or running, no pause,
+    /// Removes a keyed lane that holds nothing: no job queued or taken, no pause,
     /// no rate debt. One that still holds a pause or debt gets a timer to try again.
     fn collect(&mut self, li: u32, clock: &mut Clock) {
         if li == UNKEYED {
             return;
         }
         let lane = self.lane(li);
-        if lane.queued > 0 || lane.gate.concurrency.running > 0 {
+        if lane.queued > 0 || lane.taken > 0 {
             return;
         }
         if let Some(until) = lane.gate.holds_until(clock) {
@@ -499,6 +503,19 @@ impl Sched {
             }
         }
         self.free.push(li);
+        // The lane's ring entries are stale now; drop them once stale entries
+        // could outnumber live ones (a live lane has at most one per ring).
+        let live = 2 * (self.by_key.len() + 1) + 64;
+        for ring in &mut self.rings {
+            if ring.len() > live {
+                let lanes = &self.lanes;
+                ring.retain(|&(l, g)| {
+                    lanes[l as usize]
+                        .as_ref()
+                        .is_some_and(|lane| lane.generation == g)
+                });
+            }
+        }
         if self.spare.len() < SPARE_QUEUES {
             lane.queues
                 .iter_mut()

@@ -108,3 +108,72 @@ pub fn pending_job() -> (
     };
     (fut, dropped)
 }
+
+/// Records, in start order, a tag per job and the (paused) instant it started.
+#[derive(Clone)]
+pub struct Starts<T>(Arc<std::sync::Mutex<Vec<(T, tokio::time::Instant)>>>);
+
+impl<T> Default for Starts<T> {
+    fn default() -> Self {
+        Starts(Arc::default())
+    }
+}
+
+impl<T: Clone + Send + 'static> Starts<T> {
+    /// A job that records `tag` and the time when it starts, then runs for `d`.
+    pub fn job(
+        &self,
+        tag: T,
+        d: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static + use<T> {
+        let log = self.0.clone();
+        async move {
+            log.lock().unwrap().push((tag, tokio::time::Instant::now()));
+            if !d.is_zero() {
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+
+    /// The tags, in start order.
+    pub fn tags(&self) -> Vec<T> {
+        self.0.lock().unwrap().iter().map(|e| e.0.clone()).collect()
+    }
+
+    /// The start instants, in start order.
+    pub fn times(&self) -> Vec<tokio::time::Instant> {
+        self.0.lock().unwrap().iter().map(|e| e.1).collect()
+    }
+
+    /// Tags and start instants, in start order.
+    pub fn all(&self) -> Vec<(T, tokio::time::Instant)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// Asserts that the sorted start instants `times` obey `rate` in every window:
+/// over any window of length `t`, at most `burst + count * t / period` starts.
+pub fn assert_within_rate(times: &[tokio::time::Instant], rate: taskgate::Rate, what: &str) {
+    let per = rate.period().as_nanos();
+    let n = u128::from(rate.count());
+    let burst = rate.burst_size() as usize;
+    for i in 0..times.len() {
+        for j in i..times.len() {
+            let starts = j - i + 1;
+            if starts <= burst {
+                continue;
+            }
+            let t = times[j].duration_since(times[i]).as_nanos();
+            // starts <= burst + n * t / per  <=>  (starts - burst) * per <= n * t
+            assert!(
+                (starts - burst) as u128 * per <= n * t,
+                "{what}: {starts} starts within {:?} (starts {i}..={j}) exceed {rate:?}",
+                times[j].duration_since(times[i]),
+            );
+        }
+    }
+}
