@@ -235,6 +235,16 @@ impl State {
         }
     }
 
+    /// With no timer task (a closed pool with nothing queued), fires the wakeups
+    /// that are due, so that key state whose pause or rate debt has ended is gone
+    /// when looked at, as it would be on an open pool.
+    fn catch_up(&mut self, clock: &mut Clock) {
+        if !self.reaper_running && self.closed {
+            let now = clock.now();
+            self.sched.wake_due(now, clock);
+        }
+    }
+
     /// Sums the counters of every worker, live and retired.
     fn totals(&self) -> Totals {
         let mut totals = Totals::new();
@@ -747,7 +757,10 @@ impl Inner {
     }
 
     pub(crate) fn key_stats(&self, key: &Key) -> Option<KeyStats> {
-        self.lock().sched.key_stats(key, &mut Clock::default())
+        let mut st = self.lock();
+        let mut clock = Clock::default();
+        st.catch_up(&mut clock);
+        st.sched.key_stats(key, &mut clock)
     }
 
     pub(crate) fn close(&self) {
@@ -855,7 +868,8 @@ impl Inner {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let st = self.lock();
+        let mut st = self.lock();
+        st.catch_up(&mut Clock::default());
         let totals = st.totals();
         Stats {
             workers: st.target.max(st.busy),

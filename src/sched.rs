@@ -16,8 +16,8 @@
 //!
 //! Lowly jobs age: an entry per `Low`/`Normal` job in `aging` (id order) lets the
 //! scheduler move a job that has waited `aging_after` into its lane's `High` queue.
-//! It only looks when jobs of two priorities are queued, since otherwise order
-//! would not change.
+//! It only looks when keys have state or jobs of two priorities are queued, since
+//! otherwise order would not change.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
@@ -347,7 +347,9 @@ impl Sched {
             }
             Admit::OnRelease => return None,
         }
-        if self.by_prio.iter().filter(|&&n| n > 0).count() > 1 {
+        // Aging changes the order only when jobs of two priorities, or of two
+        // lanes, compete; unkeyed jobs of one priority skip it (and the clock).
+        if !self.by_key.is_empty() || self.by_prio.iter().filter(|&&n| n > 0).count() > 1 {
             self.promote(clock.now());
         }
         for p in (0..3).rev() {
@@ -572,6 +574,12 @@ impl Sched {
                 expired.push(q);
             }
         }
+        self.wake_due(now, &mut clock)
+    }
+
+    /// Fires the wakeups due at `now`: lanes back into the rings, the pool
+    /// unblocked, idle lanes collected. Returns whether anything may now start.
+    pub(crate) fn wake_due(&mut self, now: Instant, clock: &mut Clock) -> bool {
         let mut woke = false;
         while let Some(&(t, li)) = self.wakeups.first() {
             if t > now {
@@ -592,7 +600,7 @@ impl Sched {
                 lane.wake_at = None;
             }
             self.unblock(li);
-            self.collect(li, &mut clock);
+            self.collect(li, clock);
             woke = true;
         }
         woke
