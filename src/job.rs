@@ -215,13 +215,14 @@ pub(crate) trait Job: Send {
     fn claim(&self) -> bool;
 
     /// Prepares a job taken from the queue and returns its `taskgate.job` span.
-    /// Returns `None` if it was not `claimed`; the job is then resolved as
+    /// `claimed` is the claim made under the lock, or `None` if it was deferred to
+    /// here. Returns `None` if the job is not claimed; it is then resolved as
     /// cancelled (and counted), and must not be polled.
     fn begin(
         self: Pin<&mut Self>,
         pool: &str,
         id: u64,
-        claimed: bool,
+        claimed: Option<bool>,
         counters: Counters<'_>,
     ) -> Option<Span>;
 
@@ -388,9 +389,10 @@ impl<W: Work> Job for Task<W, W::Output> {
         self: Pin<&mut Self>,
         pool: &str,
         id: u64,
-        claimed: bool,
+        claimed: Option<bool>,
         counters: Counters<'_>,
     ) -> Option<Span> {
+        let claimed = claimed.unwrap_or_else(|| self.claim());
         let mut this = self.project();
         if !claimed && let Some(shared) = this.shared.as_ref() {
             counters.outcome(Outcome::Cancelled);

@@ -163,6 +163,15 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// Whether a start counts against anything here (a cap or a rate), so that a
+    /// job must be claimed before it is counted.
+    #[inline]
+    pub(crate) fn counts(&self) -> bool {
+        self.concurrency.cap != usize::MAX || self.rate.is_some()
+    }
+}
+
 impl Limiter for Gate {
     #[inline]
     fn check(&self, clock: &mut Clock) -> Admit {

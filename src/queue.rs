@@ -94,7 +94,6 @@ enum TimerAct {
 // two lines between cores rather than four or five.
 #[repr(C)]
 pub(crate) struct State {
-    sched: Sched,
     /// Jobs running now.
     busy: usize,
     next_id: u64,
@@ -125,6 +124,8 @@ pub(crate) struct State {
     queue_timed_out: u64,
     /// Counters of workers that have exited.
     retired: Shard,
+    /// Last: it is large, and the fields above are the ones every job touches.
+    sched: Sched,
 }
 
 impl State {
@@ -403,7 +404,8 @@ impl Inner {
         if st.closed {
             return Err((Refused::Closed, task));
         }
-        let lane = if st.has_space(self.capacity) {
+        let pool_room = st.has_space(self.capacity);
+        let lane = if pool_room {
             st.sched.lane_for(place.key)
         } else {
             None
@@ -415,7 +417,8 @@ impl Inner {
                         *w = true;
                         st.submit_waiters += 1;
                     }
-                    st.key_waiters |= place.key.is_some();
+                    // Refused by its key's queue, not the pool's.
+                    st.key_waiters |= pool_room;
                 }
                 Waiting::No => st.count_rejected(&self.telemetry),
                 Waiting::Probe => {}
@@ -434,6 +437,7 @@ impl Inner {
                 lane,
                 prio,
                 claimed: false,
+                deferred: false,
             },
             now,
         );

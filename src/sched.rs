@@ -16,8 +16,9 @@
 //!
 //! Lowly jobs age: an entry per `Low`/`Normal` job in `aging` (id order) lets the
 //! scheduler move a job that has waited `aging_after` into its lane's `High` queue.
-//! It only looks when keys have state or jobs of two priorities are queued, since
-//! otherwise order would not change.
+//! It only looks when jobs of two priorities are queued: aging lifts a job over
+//! higher-priority jobs, and must not reorder lanes of one priority, which take
+//! turns.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
@@ -51,6 +52,9 @@ pub(crate) struct Queued {
     /// Set when a worker takes it: the job was claimed (not cancelled first), and
     /// counts against its limits until it ends.
     pub(crate) claimed: bool,
+    /// Taken without claiming it, because no limit that applies to it counts
+    /// starts: the worker claims it (outside the lock) before running it.
+    pub(crate) deferred: bool,
 }
 
 /// Where a job was queued, kept by its handle so that a cancel finds it at once.
@@ -242,7 +246,13 @@ impl Sched {
 
     /// Whether a timer was set since the last call.
     pub(crate) fn take_timer_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.timer_dirty)
+        // Read first: a write on every job would dirty the line for nothing.
+        if self.timer_dirty {
+            self.timer_dirty = false;
+            true
+        } else {
+            false
+        }
     }
 
     fn set_timer_dirty(&mut self, at: Instant) {
@@ -347,9 +357,10 @@ impl Sched {
             }
             Admit::OnRelease => return None,
         }
-        // Aging changes the order only when jobs of two priorities, or of two
-        // lanes, compete; unkeyed jobs of one priority skip it (and the clock).
-        if !self.by_key.is_empty() || self.by_prio.iter().filter(|&&n| n > 0).count() > 1 {
+        // Aging lifts a job over jobs of a higher priority; with one priority queued
+        // it would only reorder lanes of equal rank, against their round-robin, so
+        // it is skipped (and so is the clock).
+        if self.by_prio.iter().filter(|&&n| n > 0).count() > 1 {
             self.promote(clock.now());
         }
         for p in (0..3).rev() {
@@ -383,7 +394,15 @@ impl Sched {
                     lane.in_ring[p] = true;
                     self.rings[p].push_back((li, generation));
                 }
-                q.claimed = q.job.claim();
+                // The claim reads and writes the job's result cell, last touched by
+                // its submitter on another core: done under the lock only when a
+                // limit counts this start and so must not count a cancelled job.
+                if lane.gate.counts() || self.pool.counts() {
+                    q.claimed = q.job.claim();
+                } else {
+                    q.claimed = true;
+                    q.deferred = true;
+                }
                 if q.claimed {
                     lane.gate.acquire(clock);
                     self.pool.acquire(clock);

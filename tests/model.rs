@@ -372,9 +372,13 @@ impl Model {
         };
         let mut choice = false;
         for q in &self.logs {
-            // Outranked by an older job of the same or a lower priority only through
-            // aging: that part of the check is named `aging`.
-            if q.id == j.id || (q.priority <= j.priority && skip("aging")) {
+            // Outranked by an older job of a lower priority only through aging: that
+            // part of the check is named `aging`. Aging never reorders jobs of one
+            // priority (their lanes take turns), so an equal priority never outranks.
+            if q.id == j.id
+                || q.priority == j.priority
+                || (q.priority < j.priority && skip("aging"))
+            {
                 continue;
             }
             let Some(acc) = q.accepted() else { continue };
@@ -1564,12 +1568,13 @@ fn earlier_failures_stay_fixed() {
     );
 }
 
-/// A job that has waited `priority_aging` ranks as `High`: it starts before a fresh
-/// job of its own priority. (Key `a`'s lane comes back into the ring behind the
-/// unkeyed lane when its pause ends at 8 ms; at 12 ms the worker frees up, job 1
-/// has waited 12 ms of an aging of 10, job 2 only 7.)
+/// Aging does not reorder lanes of one priority: they take turns. (Key `a`'s lane
+/// comes back into the ring behind the unkeyed lane when its pause ends at 8 ms; at
+/// 12 ms the worker frees up; job 1 has waited 12 ms of an aging of 10, job 2 only
+/// 7, and job 2's lane is first in the ring.) An earlier version lifted job 1,
+/// which let one key's aged backlog hold up every other key for the aging time.
 #[test]
-fn an_aged_job_starts_before_a_fresh_one_of_its_priority() {
+fn aging_does_not_reorder_lanes_of_one_priority() {
     let normal = Priority::Normal;
     run_sequence(
         Setup {
