@@ -37,6 +37,10 @@ pub(crate) const UNKEYED: u32 = 0;
 /// The `wakeups` entry of the pool's own gate.
 const POOL: u32 = u32::MAX;
 const HIGH: usize = 2;
+/// The queue of jobs lifted to `High` by aging: they arrive in id order, so a FIFO
+/// of their own keeps them sorted at O(1) a job; `High` picks take the older of
+/// the two fronts.
+const AGED: usize = 3;
 
 /// One accepted job waiting in the queue.
 pub(crate) struct Queued {
@@ -81,11 +85,12 @@ struct KeyCounts {
     panicked: u64,
 }
 
-type Queues = [VecDeque<Queued>; 3];
+/// `Low`, `Normal`, `High`, and aged jobs (ranked `High`).
+type Queues = [VecDeque<Queued>; 4];
 
-/// Empty queues kept from collected lanes, so that a key that comes and goes (one
-/// job at a time) does not allocate a queue per job.
-const SPARE_QUEUES: usize = 64;
+/// Collected lanes kept for reuse (with their empty queues), so that a key that
+/// comes and goes (one job at a time) allocates nothing per job.
+const SPARE_LANES: usize = 64;
 /// The largest capacity a spare queue keeps.
 const SPARE_CAPACITY: usize = 16;
 
@@ -126,6 +131,24 @@ impl Lane {
         }
     }
 
+    /// Whether jobs wait at rank `p` (for `High`: high or aged).
+    fn has(&self, p: usize) -> bool {
+        !self.queues[p].is_empty() || (p == HIGH && !self.queues[AGED].is_empty())
+    }
+
+    /// Takes the next job at rank `p`: for `High`, the older of the high and aged
+    /// fronts.
+    fn pop(&mut self, p: usize) -> Option<Queued> {
+        if p == HIGH {
+            let aged = self.queues[AGED].front().map(|q| q.id);
+            let high = self.queues[HIGH].front().map(|q| q.id);
+            if aged.is_some_and(|a| high.is_none_or(|h| a < h)) {
+                return self.queues[AGED].pop_front();
+            }
+        }
+        self.queues[p].pop_front()
+    }
+
     fn apply(&mut self, limits: &KeyLimits) {
         self.gate.concurrency.cap = limits.concurrency.unwrap_or(usize::MAX);
         self.capacity = limits.queue_capacity.unwrap_or(usize::MAX);
@@ -159,9 +182,12 @@ struct Aging {
 }
 
 pub(crate) struct Sched {
-    lanes: Vec<Option<Lane>>,
+    /// Boxed, so that a slot left free after a peak of keys costs a pointer.
+    lanes: Vec<Option<Box<Lane>>>,
     free: Vec<u32>,
-    spare: Vec<Queues>,
+    // Boxes, moved between `lanes` and here without copying the lane.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Lane>>,
     by_key: HashMap<Key, u32>,
     overrides: HashMap<Key, KeyLimits>,
     defaults: KeyLimits,
@@ -192,12 +218,12 @@ impl Sched {
         aging_after: Duration,
     ) -> Sched {
         Sched {
-            lanes: vec![Some(Lane::new(
+            lanes: vec![Some(Box::new(Lane::new(
                 None,
                 0,
                 &KeyLimits::default(),
                 Queues::default(),
-            ))],
+            )))],
             free: Vec::new(),
             spare: Vec::new(),
             by_key: HashMap::new(),
@@ -278,8 +304,19 @@ impl Sched {
         let limits = self.overrides.get(key).copied().unwrap_or(self.defaults);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        let queues = self.spare.pop().unwrap_or_default();
-        let lane = Lane::new(Some(key.clone()), generation, &limits, queues);
+        let lane = match self.spare.pop() {
+            Some(mut lane) => {
+                let queues = std::mem::take(&mut lane.queues);
+                *lane = Lane::new(Some(key.clone()), generation, &limits, queues);
+                lane
+            }
+            None => Box::new(Lane::new(
+                Some(key.clone()),
+                generation,
+                &limits,
+                Queues::default(),
+            )),
+        };
         let li = match self.free.pop() {
             Some(li) => {
                 self.lanes[li as usize] = Some(lane);
@@ -324,7 +361,7 @@ impl Sched {
 
     fn enqueue_lane(&mut self, li: u32, p: usize) {
         let lane = self.lanes[li as usize].as_mut().expect("lane exists");
-        if !lane.blocked && !lane.in_ring[p] && !lane.queues[p].is_empty() {
+        if !lane.blocked && !lane.in_ring[p] && lane.has(p) {
             lane.in_ring[p] = true;
             let entry = (li, lane.generation);
             self.rings[p].push_back(entry);
@@ -372,7 +409,7 @@ impl Sched {
                     continue;
                 };
                 lane.in_ring[p] = false;
-                if lane.blocked || lane.queues[p].is_empty() {
+                if lane.blocked || !lane.has(p) {
                     continue;
                 }
                 match lane.gate.check(clock) {
@@ -387,10 +424,10 @@ impl Sched {
                         continue;
                     }
                 }
-                let mut q = lane.queues[p].pop_front().expect("checked non-empty");
+                let mut q = lane.pop(p).expect("checked non-empty");
                 lane.queued -= 1;
                 lane.taken += 1;
-                if !lane.queues[p].is_empty() {
+                if lane.has(p) {
                     lane.in_ring[p] = true;
                     self.rings[p].push_back((li, generation));
                 }
@@ -440,9 +477,7 @@ impl Sched {
             }
             let lane = self.lane(li);
             let q = lane.queues[p].pop_front().expect("checked live");
-            let high = &mut lane.queues[HIGH];
-            let at = high.partition_point(|h| h.id < id);
-            high.insert(at, q);
+            lane.queues[AGED].push_back(q);
             self.by_prio[p] -= 1;
             self.by_prio[HIGH] += 1;
             self.enqueue_lane(li, HIGH);
@@ -521,6 +556,10 @@ impl Sched {
             let cap = self.by_key.capacity();
             if cap > 4096 && self.by_key.len() < cap / 8 {
                 self.by_key.shrink_to(cap / 4);
+                for ring in &mut self.rings {
+                    ring.shrink_to(cap / 4);
+                }
+                self.aging.shrink_to(self.aging.len().max(cap / 4));
             }
         }
         self.free.push(li);
@@ -537,11 +576,12 @@ impl Sched {
                 });
             }
         }
-        if self.spare.len() < SPARE_QUEUES {
+        if self.spare.len() < SPARE_LANES {
             lane.queues
                 .iter_mut()
                 .for_each(|q| q.shrink_to(SPARE_CAPACITY));
-            self.spare.push(lane.queues);
+            lane.key = None;
+            self.spare.push(lane);
         }
     }
 
@@ -556,7 +596,7 @@ impl Sched {
     ) -> Option<Queued> {
         let lane = self.lanes.get_mut(li as usize)?.as_mut()?;
         let p = usize::from(prio);
-        let (p, at) = [p, HIGH].into_iter().find_map(|p| {
+        let (p, at) = [p, HIGH, AGED].into_iter().find_map(|p| {
             lane.queues[p]
                 .binary_search_by_key(&id, |q| q.id)
                 .ok()
@@ -571,7 +611,8 @@ impl Sched {
             }
         }
         self.queued -= 1;
-        self.by_prio[p] -= 1;
+        // Aged jobs count as `High`.
+        self.by_prio[p.min(HIGH)] -= 1;
         if let Some(d) = q.deadline {
             self.deadlines.remove(&(d, q.id, li, q.prio));
         }
