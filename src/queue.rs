@@ -108,6 +108,8 @@ pub(crate) struct State {
     live: usize,
     closed: bool,
     reaper_running: bool,
+    /// Right after the scalars every job touches; its own hot fields come first.
+    sched: Sched,
     /// Some waiting submitter was refused for its key's queue capacity: queue
     /// space then wakes every waiter, since a waiter for one key cannot use space
     /// that freed in another.
@@ -124,8 +126,6 @@ pub(crate) struct State {
     queue_timed_out: u64,
     /// Counters of workers that have exited.
     retired: Shard,
-    /// Last: it is large, and the fields above are the ones every job touches.
-    sched: Sched,
 }
 
 impl State {

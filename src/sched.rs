@@ -94,23 +94,26 @@ const SPARE_LANES: usize = 64;
 /// The largest capacity a spare queue keeps.
 const SPARE_CAPACITY: usize = 16;
 
+// `repr(C)`: the counters and flags a pick reads and writes share the first
+// cache line; the queue headers follow.
+#[repr(C)]
 struct Lane {
-    key: Option<Key>,
-    /// Distinguishes this lane from earlier ones in the same slot, whose ring
-    /// entries may still be around.
-    generation: u32,
-    queues: Queues,
     queued: usize,
     /// Jobs taken by a worker and not yet reported ended (claimed or not): the
     /// lane must outlive them.
     taken: usize,
+    /// Distinguishes this lane from earlier ones in the same slot, whose ring
+    /// entries may still be around.
+    generation: u32,
     in_ring: [bool; 3],
     /// Known unable to start a job now; out of the rings until a release or timer.
     blocked: bool,
     gate: Gate,
+    queues: Queues,
     capacity: usize,
     /// The timer set for this lane, if any.
     wake_at: Option<Instant>,
+    key: Option<Key>,
     counts: KeyCounts,
 }
 
@@ -173,6 +176,52 @@ impl Lane {
     }
 }
 
+/// The lanes by index: the unkeyed lane inline (it is on every unkeyed job's
+/// path, next to the scheduler's other hot fields), keyed lanes boxed (a slot left
+/// free after a peak of keys costs a pointer).
+#[repr(C)]
+struct Slab {
+    unkeyed: Lane,
+    /// Lane `i` is at `keyed[i - 1]`.
+    keyed: Vec<Option<Box<Lane>>>,
+}
+
+impl Slab {
+    fn get(&self, li: u32) -> Option<&Lane> {
+        match li {
+            UNKEYED => Some(&self.unkeyed),
+            _ => self.keyed.get(li as usize - 1)?.as_deref(),
+        }
+    }
+
+    fn get_mut(&mut self, li: u32) -> Option<&mut Lane> {
+        match li {
+            UNKEYED => Some(&mut self.unkeyed),
+            _ => self.keyed.get_mut(li as usize - 1)?.as_deref_mut(),
+        }
+    }
+
+    /// Takes keyed lane `li` out of its slot.
+    fn take(&mut self, li: u32) -> Option<Box<Lane>> {
+        self.keyed.get_mut((li as usize).checked_sub(1)?)?.take()
+    }
+
+    /// Puts a keyed lane into the free slot `li`.
+    fn put(&mut self, li: u32, lane: Box<Lane>) {
+        self.keyed[li as usize - 1] = Some(lane);
+    }
+
+    /// Adds a keyed lane in a new slot and returns its index.
+    fn push(&mut self, lane: Box<Lane>) -> u32 {
+        self.keyed.push(Some(lane));
+        u32::try_from(self.keyed.len()).expect("fewer than 2^32 keys with state")
+    }
+
+    fn len(&self) -> usize {
+        self.keyed.len() + 1
+    }
+}
+
 /// A `Low` or `Normal` job's turn to be lifted to `High`.
 struct Aging {
     due: Instant,
@@ -181,9 +230,26 @@ struct Aging {
     prio: u8,
 }
 
+// `repr(C)`, with what every job reads or writes first, next to the pool's
+// other hot fields.
+#[repr(C)]
 pub(crate) struct Sched {
-    /// Boxed, so that a slot left free after a peak of keys costs a pointer.
-    lanes: Vec<Option<Box<Lane>>>,
+    /// Jobs queued, in all lanes.
+    pub(crate) queued: usize,
+    by_prio: [usize; 3],
+    /// The pool's gate said no until then: nothing starts before the timer fires.
+    pool_blocked: Option<Instant>,
+    /// An earlier timer was set than the timer task may be sleeping for.
+    timer_dirty: bool,
+    /// A job other than `Normal` has been submitted: aging is tracked from then on.
+    aging_on: bool,
+    /// The pool's own limits: its rate and its pause. (Its concurrency is the
+    /// worker count, kept by the pool state.)
+    pool: Gate,
+    rings: [VecDeque<(u32, u32)>; 3],
+    lanes: Slab,
+    aging: VecDeque<Aging>,
+    aging_after: Duration,
     free: Vec<u32>,
     // Boxes, moved between `lanes` and here without copying the lane.
     #[allow(clippy::vec_box)]
@@ -191,24 +257,11 @@ pub(crate) struct Sched {
     by_key: HashMap<Key, u32>,
     overrides: HashMap<Key, KeyLimits>,
     defaults: KeyLimits,
-    rings: [VecDeque<(u32, u32)>; 3],
-    aging: VecDeque<Aging>,
-    aging_after: Duration,
-    /// Jobs queued, in all lanes.
-    pub(crate) queued: usize,
-    by_prio: [usize; 3],
-    /// The pool's own limits: its rate and its pause. (Its concurrency is the
-    /// worker count, kept by the pool state.)
-    pool: Gate,
-    /// The pool's gate said no until then: nothing starts before the timer fires.
-    pool_blocked: Option<Instant>,
     /// Times at which a lane (or `POOL`) may become startable or collectable.
     wakeups: BTreeSet<(Instant, u32)>,
     /// Queue-timeout deadlines: (deadline, id, lane, priority at submit).
     deadlines: BTreeSet<(Instant, u64, u32, u8)>,
     next_generation: u32,
-    /// An earlier timer was set than the timer task may be sleeping for.
-    timer_dirty: bool,
 }
 
 impl Sched {
@@ -218,12 +271,10 @@ impl Sched {
         aging_after: Duration,
     ) -> Sched {
         Sched {
-            lanes: vec![Some(Box::new(Lane::new(
-                None,
-                0,
-                &KeyLimits::default(),
-                Queues::default(),
-            )))],
+            lanes: Slab {
+                unkeyed: Lane::new(None, 0, &KeyLimits::default(), Queues::default()),
+                keyed: Vec::new(),
+            },
             free: Vec::new(),
             spare: Vec::new(),
             by_key: HashMap::new(),
@@ -232,6 +283,7 @@ impl Sched {
             rings: Default::default(),
             aging: VecDeque::new(),
             aging_after,
+            aging_on: false,
             queued: 0,
             by_prio: [0; 3],
             pool: Gate::new(None, pool_rate),
@@ -244,8 +296,8 @@ impl Sched {
     }
 
     fn lane(&mut self, li: u32) -> &mut Lane {
-        self.lanes[li as usize]
-            .as_mut()
+        self.lanes
+            .get_mut(li)
             .expect("taskgate bug: a lane in use was removed")
     }
 
@@ -319,13 +371,10 @@ impl Sched {
         };
         let li = match self.free.pop() {
             Some(li) => {
-                self.lanes[li as usize] = Some(lane);
+                self.lanes.put(li, lane);
                 li
             }
-            None => {
-                self.lanes.push(Some(lane));
-                u32::try_from(self.lanes.len() - 1).expect("fewer than 2^32 keys with state")
-            }
+            None => self.lanes.push(lane),
         };
         self.by_key.insert(key.clone(), li);
         li
@@ -343,7 +392,10 @@ impl Sched {
         lane.queued += 1;
         self.queued += 1;
         self.by_prio[p] += 1;
-        if p < HIGH {
+        if p != 1 && !self.aging_on {
+            // Builds the entries of every queued job, this one included.
+            self.start_aging();
+        } else if p < HIGH && self.aging_on {
             self.aging.push_back(Aging {
                 due: now
                     .checked_add(self.aging_after)
@@ -360,7 +412,7 @@ impl Sched {
     }
 
     fn enqueue_lane(&mut self, li: u32, p: usize) {
-        let lane = self.lanes[li as usize].as_mut().expect("lane exists");
+        let lane = self.lanes.get_mut(li).expect("lane exists");
         if !lane.blocked && !lane.in_ring[p] && lane.has(p) {
             lane.in_ring[p] = true;
             let entry = (li, lane.generation);
@@ -370,7 +422,7 @@ impl Sched {
 
     /// Puts an unblocked lane back in the rings of every priority it has jobs at.
     fn unblock(&mut self, li: u32) {
-        if let Some(lane) = self.lanes[li as usize].as_mut() {
+        if let Some(lane) = self.lanes.get_mut(li) {
             lane.blocked = false;
             for p in 0..3 {
                 self.enqueue_lane(li, p);
@@ -401,34 +453,45 @@ impl Sched {
             self.promote(clock.now());
         }
         for p in (0..3).rev() {
-            while let Some((li, generation)) = self.rings[p].pop_front() {
-                let Some(lane) = self.lanes[li as usize]
-                    .as_mut()
+            while let Some(&(li, generation)) = self.rings[p].front() {
+                let Some(lane) = self
+                    .lanes
+                    .get_mut(li)
                     .filter(|l| l.generation == generation)
                 else {
+                    self.rings[p].pop_front();
                     continue;
                 };
-                lane.in_ring[p] = false;
-                if lane.blocked || !lane.has(p) {
+                let ready = !lane.blocked && lane.has(p);
+                let admit = if ready {
+                    lane.gate.check(clock)
+                } else {
+                    Admit::OnRelease
+                };
+                if admit != Admit::Now {
+                    self.rings[p].pop_front();
+                    lane.in_ring[p] = false;
+                    if ready {
+                        lane.blocked = true;
+                        if let Admit::At(t) = admit {
+                            self.wake(li, t);
+                        }
+                    }
                     continue;
-                }
-                match lane.gate.check(clock) {
-                    Admit::Now => {}
-                    Admit::OnRelease => {
-                        lane.blocked = true;
-                        continue;
-                    }
-                    Admit::At(t) => {
-                        lane.blocked = true;
-                        self.wake(li, t);
-                        continue;
-                    }
                 }
                 let mut q = lane.pop(p).expect("checked non-empty");
                 lane.queued -= 1;
-                lane.taken += 1;
-                if lane.has(p) {
-                    lane.in_ring[p] = true;
+                if li != UNKEYED {
+                    lane.taken += 1;
+                }
+                // Round-robin: the lane goes to the back of the ring, or leaves it if
+                // it has nothing more at this rank. A lane alone in its ring stays
+                // put, which writes nothing.
+                if !lane.has(p) {
+                    self.rings[p].pop_front();
+                    lane.in_ring[p] = false;
+                } else if self.rings[p].len() > 1 {
+                    self.rings[p].pop_front();
                     self.rings[p].push_back((li, generation));
                 }
                 // The claim reads and writes the job's result cell, last touched by
@@ -440,9 +503,15 @@ impl Sched {
                     q.claimed = true;
                     q.deferred = true;
                 }
+                // Unkeyed jobs have no limits of their own, and the pool's gate counts
+                // only with a rate: nothing to count for them.
                 if q.claimed {
-                    lane.gate.acquire(clock);
-                    self.pool.acquire(clock);
+                    if li != UNKEYED {
+                        lane.gate.acquire(clock);
+                    }
+                    if self.pool.counts() {
+                        self.pool.acquire(clock);
+                    }
                 }
                 self.queued -= 1;
                 self.by_prio[p] -= 1;
@@ -465,8 +534,9 @@ impl Sched {
     fn promote(&mut self, now: Instant) {
         while let Some(a) = self.aging.front() {
             let (li, p, id, due) = (a.lane, usize::from(a.prio), a.id, a.due);
-            let live = self.lanes[li as usize]
-                .as_ref()
+            let live = self
+                .lanes
+                .get(li)
                 .is_some_and(|l| l.queues[p].front().is_some_and(|q| q.id == id));
             if live && due > now {
                 break;
@@ -484,11 +554,39 @@ impl Sched {
         }
     }
 
+    /// Starts tracking queued jobs for aging, with the first job that is not
+    /// `Normal`: until then every job has one priority and aging cannot matter, so
+    /// the default path skips it. Entries for the `Normal` jobs already queued are
+    /// built once, from their acceptance times, in id order.
+    fn start_aging(&mut self) {
+        self.aging_on = true;
+        let after = self.aging_after;
+        let lanes = &self.lanes;
+        let mut entries: Vec<Aging> = (0..lanes.len() as u32)
+            .filter_map(|li| lanes.get(li).map(|l| (li, l)))
+            .flat_map(|(li, l)| {
+                l.queues[..HIGH].iter().enumerate().flat_map(move |(p, q)| {
+                    q.iter().map(move |j| {
+                        let at = j.job.submitted();
+                        Aging {
+                            due: at.checked_add(after).unwrap_or_else(|| far_future(at)),
+                            id: j.id,
+                            lane: li,
+                            prio: p as u8,
+                        }
+                    })
+                })
+            })
+            .collect();
+        entries.sort_unstable_by_key(|a| a.id);
+        self.aging = entries.into();
+    }
+
     /// Drops aging entries whose jobs are no longer queued at their priority.
     fn compact_aging(&mut self) {
         let lanes = &self.lanes;
         self.aging.retain(|a| {
-            lanes[a.lane as usize].as_ref().is_some_and(|l| {
+            lanes.get(a.lane).is_some_and(|l| {
                 l.queues[usize::from(a.prio)]
                     .binary_search_by_key(&a.id, |q| q.id)
                     .is_ok()
@@ -515,14 +613,16 @@ impl Sched {
 
     /// A job taken by `pick` has ended (or, if not `claimed`, was found cancelled).
     pub(crate) fn finish(&mut self, li: u32, claimed: bool, outcome: Outcome, clock: &mut Clock) {
-        if claimed {
+        if claimed && self.pool.counts() {
             self.pool.release(outcome);
+        }
+        if li == UNKEYED {
+            // Counted nothing in `pick`; never collected.
+            return;
         }
         let lane = self.lane(li);
         lane.taken -= 1;
-        if li != UNKEYED {
-            lane.record(if claimed { outcome } else { Outcome::Cancelled });
-        }
+        lane.record(if claimed { outcome } else { Outcome::Cancelled });
         if claimed {
             lane.gate.release(outcome);
             if lane.blocked && lane.gate.concurrency.running < lane.gate.concurrency.cap {
@@ -546,7 +646,7 @@ impl Sched {
             self.wake(li, until);
             return;
         }
-        let mut lane = self.lanes[li as usize].take().expect("lane exists");
+        let mut lane = self.lanes.take(li).expect("keyed lane exists");
         if let Some(w) = lane.wake_at {
             self.wakeups.remove(&(w, li));
         }
@@ -569,11 +669,7 @@ impl Sched {
         for ring in &mut self.rings {
             if ring.len() > live {
                 let lanes = &self.lanes;
-                ring.retain(|&(l, g)| {
-                    lanes[l as usize]
-                        .as_ref()
-                        .is_some_and(|lane| lane.generation == g)
-                });
+                ring.retain(|&(l, g)| lanes.get(l).is_some_and(|lane| lane.generation == g));
             }
         }
         if self.spare.len() < SPARE_LANES {
@@ -594,7 +690,7 @@ impl Sched {
         why: Gone,
         clock: &mut Clock,
     ) -> Option<Queued> {
-        let lane = self.lanes.get_mut(li as usize)?.as_mut()?;
+        let lane = self.lanes.get_mut(li)?;
         let p = usize::from(prio);
         let (p, at) = [p, HIGH, AGED].into_iter().find_map(|p| {
             lane.queues[p]
@@ -653,7 +749,7 @@ impl Sched {
                 }
                 continue;
             }
-            let Some(lane) = self.lanes[li as usize].as_mut() else {
+            let Some(lane) = self.lanes.get_mut(li) else {
                 continue;
             };
             if lane.wake_at == Some(t) {
@@ -669,7 +765,7 @@ impl Sched {
     /// A job that expired while its cancel was on the way counts as cancelled.
     pub(crate) fn recount_cancelled(&mut self, li: u32) {
         if li != UNKEYED
-            && let Some(lane) = self.lanes.get_mut(li as usize).and_then(Option::as_mut)
+            && let Some(lane) = self.lanes.get_mut(li)
         {
             lane.counts.queue_timed_out -= 1;
             lane.counts.cancelled += 1;
@@ -679,20 +775,20 @@ impl Sched {
     /// Takes every queued job out (abort), counting them cancelled.
     pub(crate) fn drain(&mut self, clock: &mut Clock) -> Vec<Queued> {
         let mut out = Vec::with_capacity(self.queued);
-        for li in 0..self.lanes.len() {
-            let Some(lane) = self.lanes[li].as_mut() else {
+        for li in 0..self.lanes.len() as u32 {
+            let Some(lane) = self.lanes.get_mut(li) else {
                 continue;
             };
             for q in &mut lane.queues {
                 let n = q.len() as u64;
                 out.extend(q.drain(..));
-                if li != UNKEYED as usize {
+                if li != UNKEYED {
                     lane.counts.cancelled += n;
                 }
             }
             lane.queued = 0;
             lane.in_ring = [false; 3];
-            self.collect(li as u32, clock);
+            self.collect(li, clock);
         }
         self.rings.iter_mut().for_each(VecDeque::clear);
         self.aging.clear();
@@ -746,7 +842,7 @@ impl Sched {
 
     pub(crate) fn key_stats(&self, key: &Key, clock: &mut Clock) -> Option<KeyStats> {
         let &li = self.by_key.get(key)?;
-        let lane = self.lanes[li as usize].as_ref()?;
+        let lane = self.lanes.get(li)?;
         let c = lane.counts;
         Some(KeyStats {
             busy: lane.gate.concurrency.running,
