@@ -114,6 +114,11 @@ impl fmt::Display for Key {
 /// workers, the pool's rate, its key's concurrency and its key's rate. A job that is
 /// cancelled or times out while queued counts against none of them.
 ///
+/// Keys share the pool's queue: a key held back by its limits (or a pause) holds no
+/// worker, but its queued jobs take queue places. Set a `queue_capacity` when one
+/// key may stall for long, so that it cannot fill the pool's queue and make other
+/// keys' submissions wait.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), taskgate::BuildError> {

@@ -121,7 +121,8 @@
 //! // The first started at once, then one every 200 ms.
 //! assert_eq!(last_start, t0 + Duration::from_millis(1_800));
 //!
-//! // An urgent call to another host starts first, whatever the queue holds.
+//! // An urgent call to another host goes ahead of queued Normal jobs (only jobs
+//! // that have waited `priority_aging` rank with it).
 //! let urgent = pool.job(async { "now" }).key("other.example.com").priority(Priority::High);
 //! assert_eq!(urgent.run().await, Ok("now"));
 //!

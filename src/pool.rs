@@ -365,8 +365,10 @@ impl Pool {
     /// worker task has exited.
     ///
     /// A pool paused with [`resize(0)`](Pool::resize) keeps its queued jobs, so
-    /// this waits until it is resized; use [`shutdown_timeout`](Pool::shutdown_timeout)
-    /// or [`abort`](Pool::abort) to bound the wait.
+    /// this waits until it is resized; queued jobs held by a [pause](Pool::pause_for)
+    /// or a rate are waited for too. Use
+    /// [`shutdown_timeout`](Pool::shutdown_timeout) or [`abort`](Pool::abort) to
+    /// bound the wait.
     ///
     /// # Cancel safety
     ///
@@ -451,7 +453,7 @@ impl Pool {
     }
 
     /// Starts no job until `d` has passed; jobs already running are untouched, and
-    /// submissions are still accepted up to the queue's capacity. This is how to
+    /// submissions are still accepted while the queue has room. This is how to
     /// honour a `429 Too Many Requests` with a `Retry-After` from a downstream that
     /// every job calls.
     ///
