@@ -7,15 +7,20 @@
 //!
 //! `buffer_unordered` polls all its futures on the one task that drives the
 //! stream: it has no parallelism, which is why it is cheap for trivial jobs.
+//!
+//! The `keyed/noop` group compares the scheduler's paths in one run: unkeyed, one
+//! hot key, many keys, a pool rate and key limits (none of which binds), next to
+//! the floor. Run: `cargo bench --bench overhead -- keyed/`.
 
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
+use taskgate::{Key, KeyLimits, Rate};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -238,6 +243,98 @@ async fn hand_rolled(load: Load) -> usize {
     sum
 }
 
+/// How many distinct keys the many-keys rows cycle through.
+const KEYS: usize = 1024;
+
+/// `KEYS` keys, built once so that string formatting and allocation are not
+/// measured: cloning one is a reference-count increment.
+fn many_keys() -> &'static [Key] {
+    static KEYS_CELL: OnceLock<Vec<Key>> = OnceLock::new();
+    KEYS_CELL.get_or_init(|| (0..KEYS).map(|i| Key::from(format!("key-{i}"))).collect())
+}
+
+/// A rate that never binds here: one start per nanosecond (`interval()` is 1 ns),
+/// burst 1. It would refuse a start only if two starts read the clock within the
+/// same nanosecond; the scheduler reads it once per start, under the pool lock.
+const NEVER_BINDING: Rate = Rate::per_second(u32::MAX);
+
+/// Key limits that never bind: a concurrency cap above the pool's K workers (and
+/// optionally the never-binding rate).
+fn loose_key_limits(rate: bool) -> KeyLimits {
+    let l = KeyLimits::default().concurrency(2 * K);
+    if rate { l.rate(NEVER_BINDING) } else { l }
+}
+
+/// As `submit_and_await`, with every job tagged by `key(i)`.
+async fn submit_keyed(pool: taskgate::Pool, load: Load, key: impl Fn(usize) -> Key) -> usize {
+    let mut handles = Vec::with_capacity(N);
+    for i in 0..N {
+        let h = pool.job(job(load, i)).key(key(i)).submit().await;
+        handles.push(h.unwrap());
+    }
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.unwrap();
+    }
+    sum
+}
+
+/// (b) One hot key, default key limits (none).
+async fn keyed_hot(load: Load) -> usize {
+    let hot = Key::from("hot");
+    submit_keyed(pool(), load, move |_| hot.clone()).await
+}
+
+/// (c) Key `i % KEYS`, default key limits (none).
+async fn keyed_many(load: Load) -> usize {
+    let keys = many_keys();
+    submit_keyed(pool(), load, |i| keys[i % KEYS].clone()).await
+}
+
+/// (d) Unkeyed, with a pool rate limit that never binds.
+async fn pool_rate(load: Load) -> usize {
+    let pool = taskgate::Pool::builder()
+        .workers(K)
+        .rate_limit(NEVER_BINDING)
+        .build()
+        .unwrap();
+    submit_and_await(pool, load).await
+}
+
+/// (d2) As (d), with a burst so large that the rate provably never binds.
+async fn pool_rate_burst(load: Load) -> usize {
+    let pool = taskgate::Pool::builder()
+        .workers(K)
+        .rate_limit(NEVER_BINDING.burst(u32::MAX))
+        .build()
+        .unwrap();
+    submit_and_await(pool, load).await
+}
+
+/// (e) One hot key with a key concurrency cap of 2K (never reached).
+async fn keyed_hot_limits(load: Load) -> usize {
+    let pool = taskgate::Pool::builder()
+        .workers(K)
+        .key_limits(loose_key_limits(false))
+        .build()
+        .unwrap();
+    let hot = Key::from("hot");
+    submit_keyed(pool, load, move |_| hot.clone()).await
+}
+
+/// (f) Every limit at once, none binding: key `i % KEYS` with a key concurrency
+/// cap and a key rate, and a pool rate.
+async fn keyed_many_all_limits(load: Load) -> usize {
+    let pool = taskgate::Pool::builder()
+        .workers(K)
+        .rate_limit(NEVER_BINDING)
+        .key_limits(loose_key_limits(true))
+        .build()
+        .unwrap();
+    let keys = many_keys();
+    submit_keyed(pool, load, |i| keys[i % KEYS].clone()).await
+}
+
 type Approach = fn(Load) -> Pin<Box<dyn Future<Output = usize> + Send>>;
 
 fn approaches() -> Vec<(&'static str, Approach)> {
@@ -259,12 +356,32 @@ fn approaches() -> Vec<(&'static str, Approach)> {
     ]
 }
 
-fn overhead(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The scheduler's paths, against the unkeyed path and the floor.
+fn keyed_approaches() -> Vec<(&'static str, Approach)> {
+    vec![
+        ("a_unkeyed_submit", |l| Box::pin(taskgate_submit(l))),
+        ("b_one_hot_key", |l| Box::pin(keyed_hot(l))),
+        ("c_1024_keys", |l| Box::pin(keyed_many(l))),
+        ("d_pool_rate", |l| Box::pin(pool_rate(l))),
+        ("d2_pool_rate_huge_burst", |l| Box::pin(pool_rate_burst(l))),
+        ("e_hot_key_limits", |l| Box::pin(keyed_hot_limits(l))),
+        ("f_1024_keys_all_limits", |l| {
+            Box::pin(keyed_many_all_limits(l))
+        }),
+        ("hand_rolled_floor", |l| Box::pin(hand_rolled(l))),
+    ]
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = runtime();
     for load in [Load::Noop, Load::Yield, Load::Cpu] {
         let mut g = c.benchmark_group(format!("overhead/{}", load.name()));
         g.throughput(Throughput::Elements(N as u64));
@@ -281,5 +398,22 @@ fn overhead(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, overhead);
+fn keyed(c: &mut Criterion) {
+    let rt = runtime();
+    many_keys();
+    let load = Load::Noop;
+    let mut g = c.benchmark_group(format!("keyed/{}", load.name()));
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    for (name, f) in keyed_approaches() {
+        g.bench_with_input(BenchmarkId::from_parameter(name), &load, |b, &load| {
+            b.iter(|| rt.block_on(async move { tokio::spawn(f(load)).await.unwrap() }))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, overhead, keyed);
 criterion_main!(benches);

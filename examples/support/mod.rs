@@ -1,11 +1,12 @@
 //! Shared by the demo examples: a loopback HTTP server that behaves like a
-//! rate-limited API, percentiles, and peak RSS.
+//! rate-limited API (a concurrency limit, and optionally a rate limit), percentiles,
+//! and peak RSS.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -20,6 +21,19 @@ pub struct ServerStats {
     peak: AtomicUsize,
     served: AtomicU64,
     rejected: AtomicU64,
+    /// The rate limit's state: when its bucket is next full again (GCRA's
+    /// theoretical arrival time). Cleared by `reset`.
+    tat: Mutex<Option<Instant>>,
+}
+
+/// A server-side rate limit: `per_second` requests per second on average, and up
+/// to `burst` back to back after a quiet spell (a token bucket of `burst` tokens
+/// refilled at `per_second`). Requests beyond it get `429` with `Retry-After` set
+/// to the whole seconds until a token is free (at least 1), as real APIs send it.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerRate {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 impl ServerStats {
@@ -36,30 +50,58 @@ impl ServerStats {
         self.peak.store(0, Ordering::SeqCst);
         self.served.store(0, Ordering::SeqCst);
         self.rejected.store(0, Ordering::SeqCst);
+        *self.tat.lock().expect("rate state") = None;
+    }
+
+    /// Takes a token from the rate limit, or says how long until one is free.
+    fn take_token(&self, rate: ServerRate) -> Result<(), Duration> {
+        let interval = Duration::from_secs(1) / rate.per_second.max(1);
+        let tolerance = interval * rate.burst.max(1).saturating_sub(1);
+        let now = Instant::now();
+        let mut tat = self.tat.lock().expect("rate state");
+        let t = tat.unwrap_or(now).max(now);
+        if t > now + tolerance {
+            return Err(t - tolerance - now);
+        }
+        *tat = Some(t + interval);
+        Ok(())
     }
 }
 
 struct Api {
     capacity: usize,
     service: Duration,
+    rate: Option<ServerRate>,
     stats: Arc<ServerStats>,
+}
+
+fn too_many(stats: &ServerStats, retry_after_secs: u64) -> Response {
+    stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    stats.rejected.fetch_add(1, Ordering::SeqCst);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, retry_after_secs.to_string())],
+        "slow down",
+    )
+        .into_response()
 }
 
 /// `GET /api`: takes `service` to answer, and answers `429 Too Many Requests` with
 /// `Retry-After: 1` while more than `capacity` requests are in flight, like a real
-/// rate-limited API. `capacity = usize::MAX` disables the limit.
+/// rate-limited API. `capacity = usize::MAX` disables the limit. With a
+/// [`ServerRate`], a request beyond the rate gets `429` with `Retry-After` too.
 async fn api(State(api): State<Arc<Api>>) -> Response {
     let n = api.stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     api.stats.peak.fetch_max(n, Ordering::SeqCst);
     if n > api.capacity {
-        api.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
-        api.stats.rejected.fetch_add(1, Ordering::SeqCst);
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "1")],
-            "slow down",
-        )
-            .into_response();
+        return too_many(&api.stats, 1);
+    }
+    if let Some(rate) = api.rate
+        && let Err(wait) = api.stats.take_token(rate)
+    {
+        // Whole seconds, rounded up: the header has no finer unit.
+        let secs = wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64;
+        return too_many(&api.stats, secs);
     }
     tokio::time::sleep(api.service).await;
     api.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -69,12 +111,22 @@ async fn api(State(api): State<Arc<Api>>) -> Response {
 
 /// Starts the server on 127.0.0.1 with an OS-chosen port, on the current runtime.
 pub async fn start_server(capacity: usize, service: Duration) -> (SocketAddr, Arc<ServerStats>) {
+    start_limited_server(capacity, service, None).await
+}
+
+/// As [`start_server`], with a rate limit too if `rate` is set.
+pub async fn start_limited_server(
+    capacity: usize,
+    service: Duration,
+    rate: Option<ServerRate>,
+) -> (SocketAddr, Arc<ServerStats>) {
     let stats = Arc::new(ServerStats::default());
     let app = Router::new()
         .route("/api", get(api))
         .with_state(Arc::new(Api {
             capacity,
             service,
+            rate,
             stats: stats.clone(),
         }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
