@@ -76,49 +76,11 @@ fn mib(bytes: i64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-// ---- taskgate's GCRA, copied from src/rate.rs as of commit 03c1678 (crate-private) ----
+// ---- taskgate's GCRA (a copy, since it is crate-private) ----
 
-#[derive(Clone, Copy, Debug)]
-struct Gcra {
-    interval: Duration,
-    tolerance: Duration,
-    tat: Option<Instant>,
-}
-
-impl Gcra {
-    fn new(rate: Rate) -> Gcra {
-        // Beyond the horizon every wait is "never"; the clamp keeps `tat` on the clock.
-        let interval = rate.interval().min(HORIZON);
-        Gcra {
-            interval,
-            tolerance: interval.saturating_mul(rate.burst_size().saturating_sub(1)),
-            tat: None,
-        }
-    }
-
-    /// `None` if a start conforms at `now`, or else the earliest time it will.
-    fn check(&self, now: Instant) -> Option<Instant> {
-        // `tat - tolerance` before the clock's origin is long past: it conforms.
-        let earliest = self.tat?.checked_sub(self.tolerance)?;
-        (now < earliest).then_some(earliest)
-    }
-
-    /// Takes one start at `now`.
-    fn take(&mut self, now: Instant) {
-        let base = self.tat.map_or(now, |t| t.max(now));
-        self.tat = Some(
-            base.checked_add(self.interval)
-                .unwrap_or_else(|| far_future(now)),
-        );
-    }
-}
-
-/// About thirty years: a wait this long means "never".
-const HORIZON: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-fn far_future(now: Instant) -> Instant {
-    now.checked_add(HORIZON).unwrap_or(now)
-}
+#[path = "support/gcra.rs"]
+mod gcra;
+use gcra::Gcra;
 
 /// The governor quota equal to a taskgate `Rate` (governor's `Quota::per_second(n)`
 /// would also allow a burst of `n`; taskgate's default burst is 1).
