@@ -617,7 +617,7 @@ impl Inner {
     pub(crate) fn cancel_queued(self: &Arc<Self>, pos: Pos) {
         let mut st = self.lock();
         let mut clock = Clock::default();
-        let Some(q) = st
+        let Some((q, _)) = st
             .sched
             .take(pos.lane, pos.prio, pos.id, Gone::Cancelled, &mut clock)
         else {
@@ -655,13 +655,10 @@ impl Inner {
         let mut expired = Vec::new();
         let mut st = self.lock();
         let woke = st.sched.fire(now, &mut expired);
-        for q in &expired {
-            // A cancel that raced the deadline wins: the caller asked first.
-            if q.job.cancel_requested() {
-                st.sched.recount_cancelled(q.lane);
-                st.count_cancelled(&self.telemetry, 1, false);
-            } else {
-                st.count_queue_timed_out(&self.telemetry);
+        for (_, why) in &expired {
+            match why {
+                Gone::Cancelled => st.count_cancelled(&self.telemetry, 1, false),
+                Gone::QueueTimedOut => st.count_queue_timed_out(&self.telemetry),
             }
         }
         let mut actions = Vec::new();
@@ -695,9 +692,9 @@ impl Inner {
         if closed && (exit || !expired.is_empty()) {
             self.drained.notify_waiters();
         }
-        for q in expired {
+        for (q, why) in expired {
             let mut job = q.job;
-            if job.cancel_requested() {
+            if why == Gone::Cancelled {
                 tracing::debug!(pool = %self.name, job = q.id, "taskgate: queued job cancelled by its caller");
                 job.as_mut().resolve_unstarted(JobError::Cancelled);
             } else {

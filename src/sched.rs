@@ -70,7 +70,7 @@ pub(crate) struct Pos {
 }
 
 /// Why a job left the queue without starting, for its key's counters.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Gone {
     Cancelled,
     QueueTimedOut,
@@ -681,7 +681,9 @@ impl Sched {
         }
     }
 
-    /// Takes a queued job out (cancelled, or its queue timeout expired).
+    /// Takes a queued job out (cancelled, or its queue timeout expired), counts it
+    /// for its key, and returns it with the reason counted: an expiry whose caller
+    /// had already asked to cancel counts as a cancel (the caller asked first).
     pub(crate) fn take(
         &mut self,
         li: u32,
@@ -689,7 +691,7 @@ impl Sched {
         id: u64,
         why: Gone,
         clock: &mut Clock,
-    ) -> Option<Queued> {
+    ) -> Option<(Queued, Gone)> {
         let lane = self.lanes.get_mut(li)?;
         let p = usize::from(prio);
         let (p, at) = [p, HIGH, AGED].into_iter().find_map(|p| {
@@ -700,6 +702,10 @@ impl Sched {
         })?;
         let q = lane.queues[p].remove(at).expect("found");
         lane.queued -= 1;
+        let why = match why {
+            Gone::QueueTimedOut if q.job.cancel_requested() => Gone::Cancelled,
+            why => why,
+        };
         if li != UNKEYED {
             match why {
                 Gone::Cancelled => lane.counts.cancelled += 1,
@@ -713,12 +719,12 @@ impl Sched {
             self.deadlines.remove(&(d, q.id, li, q.prio));
         }
         self.collect(li, clock);
-        Some(q)
+        Some((q, why))
     }
 
     /// Expires due queue deadlines into `expired` and fires due wakeups. Returns
     /// whether a lane (or the pool) may have become startable.
-    pub(crate) fn fire(&mut self, now: Instant, expired: &mut Vec<Queued>) -> bool {
+    pub(crate) fn fire(&mut self, now: Instant, expired: &mut Vec<(Queued, Gone)>) -> bool {
         let mut clock = Clock::at(now);
         while let Some(&(d, id, li, prio)) = self.deadlines.first() {
             if d > now {
@@ -726,9 +732,7 @@ impl Sched {
             }
             self.deadlines.pop_first();
             let why = Gone::QueueTimedOut;
-            if let Some(q) = self.take(li, prio, id, why, &mut clock) {
-                expired.push(q);
-            }
+            expired.extend(self.take(li, prio, id, why, &mut clock));
         }
         self.wake_due(now, &mut clock)
     }
@@ -760,16 +764,6 @@ impl Sched {
             woke = true;
         }
         woke
-    }
-
-    /// A job that expired while its cancel was on the way counts as cancelled.
-    pub(crate) fn recount_cancelled(&mut self, li: u32) {
-        if li != UNKEYED
-            && let Some(lane) = self.lanes.get_mut(li)
-        {
-            lane.counts.queue_timed_out -= 1;
-            lane.counts.cancelled += 1;
-        }
     }
 
     /// Takes every queued job out (abort), counting them cancelled.
