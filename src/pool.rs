@@ -459,7 +459,11 @@ impl Pool {
     ///
     /// Pauses add up to the latest end: a shorter pause never cuts a longer one
     /// short. A zero duration does nothing. A duration too long for the clock pauses
-    /// for about thirty years.
+    /// for about thirty years. While paused, queued jobs keep their queue timeouts,
+    /// and dropping or cancelling a handle still takes its job out at once;
+    /// [`shutdown`](Pool::shutdown) waits for the pause to end (use
+    /// [`shutdown_timeout`](Pool::shutdown_timeout) or [`abort`](Pool::abort) to
+    /// cut it short).
     ///
     /// # Example
     ///
@@ -483,7 +487,8 @@ impl Pool {
 
     /// Starts no job of `key` until `d` has passed; the other keys carry on, and
     /// the key's running jobs are untouched. As with [`pause_for`](Pool::pause_for),
-    /// pauses add up to the latest end and a zero duration does nothing. The key's
+    /// pauses add up to the latest end, a zero duration does nothing, and queue
+    /// timeouts and cancels still apply to the key's queued jobs. The key's
     /// queued jobs hold no worker while it is paused.
     ///
     /// # Example
