@@ -30,7 +30,8 @@ use crate::telemetry::Telemetry;
 #[derive(Clone, Copy)]
 pub(crate) struct Held {
     pub(crate) lane: u32,
-    pub(crate) claimed: bool,
+    /// It counts against its limits (it was not found cancelled as it was taken).
+    pub(crate) counted: bool,
 }
 
 /// Where a new job goes: its key's lane and its priority.
@@ -436,8 +437,7 @@ impl Inner {
                 job: Box::into_pin(task as Box<dyn Job>),
                 lane,
                 prio,
-                claimed: false,
-                deferred: false,
+                claim: None,
             },
             now,
         );
@@ -485,7 +485,7 @@ impl Inner {
         let mut notify_space = false;
         if let Some(h) = held.take() {
             st.busy -= 1;
-            st.sched.finish(h.lane, h.claimed, outcome, &mut clock);
+            st.sched.finish(h.lane, h.counted, outcome, &mut clock);
             notify_space = st.submit_waiters > 0;
         }
         let result = self.next_locked(&mut st, idx, held, &mut clock, cx);
@@ -557,7 +557,7 @@ impl Inner {
             st.busy += 1;
             *held = Some(Held {
                 lane: q.lane,
-                claimed: q.claimed,
+                counted: q.counted(),
             });
             if st.closed && st.sched.queued == 0 && st.reaper_running {
                 // Let the timer task see it has nothing left, so shutdown need not
@@ -584,7 +584,7 @@ impl Inner {
             if let Some(h) = held {
                 st.busy -= 1;
                 st.sched
-                    .finish(h.lane, h.claimed, Outcome::Aborted, &mut Clock::default());
+                    .finish(h.lane, h.counted, Outcome::Aborted, &mut Clock::default());
             }
             if mid_job {
                 // Its job ends as cancelled when the guard drops it, just after this.

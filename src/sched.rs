@@ -53,12 +53,19 @@ pub(crate) struct Queued {
     pub(crate) lane: u32,
     /// The priority it was submitted with (aging may have moved it to `High`).
     pub(crate) prio: u8,
-    /// Set when a worker takes it: the job was claimed (not cancelled first), and
-    /// counts against its limits until it ends.
-    pub(crate) claimed: bool,
-    /// Taken without claiming it, because no limit that applies to it counts
-    /// starts: the worker claims it (outside the lock) before running it.
-    pub(crate) deferred: bool,
+    /// Set when a worker takes it: `Some(true)` claimed under the lock,
+    /// `Some(false)` found cancelled first (it counts against no limit), `None` not
+    /// claimed yet because no limit that applies counts starts (the worker claims
+    /// it, outside the lock, before running it).
+    pub(crate) claim: Option<bool>,
+}
+
+impl Queued {
+    /// Whether the job counts against its limits until it ends: not when it was
+    /// found cancelled as it was taken.
+    pub(crate) fn counted(&self) -> bool {
+        self.claim != Some(false)
+    }
 }
 
 /// Where a job was queued, kept by its handle so that a cancel finds it at once.
@@ -497,15 +504,10 @@ impl Sched {
                 // The claim reads and writes the job's result cell, last touched by
                 // its submitter on another core: done under the lock only when a
                 // limit counts this start and so must not count a cancelled job.
-                if lane.gate.counts() || self.pool.counts() {
-                    q.claimed = q.job.claim();
-                } else {
-                    q.claimed = true;
-                    q.deferred = true;
-                }
+                q.claim = (lane.gate.counts() || self.pool.counts()).then(|| q.job.claim());
                 // Unkeyed jobs have no limits of their own, and the pool's gate counts
                 // only with a rate: nothing to count for them.
-                if q.claimed {
+                if q.counted() {
                     if li != UNKEYED {
                         lane.gate.acquire(clock);
                     }
@@ -521,7 +523,7 @@ impl Sched {
                 if self.aging.front().is_some_and(|a| a.id == q.id) {
                     self.aging.pop_front();
                 }
-                // A job cancelled just before it was taken (`!claimed`) counts
+                // A job cancelled just before it was taken (`Some(false)`) counts
                 // against nothing; its lane stays until the worker reports it.
                 return Some(q);
             }
@@ -611,9 +613,9 @@ impl Sched {
         self.wakeups.insert((at, li));
     }
 
-    /// A job taken by `pick` has ended (or, if not `claimed`, was found cancelled).
-    pub(crate) fn finish(&mut self, li: u32, claimed: bool, outcome: Outcome, clock: &mut Clock) {
-        if claimed && self.pool.counts() {
+    /// A job taken by `pick` has ended (or, if not `counted`, was found cancelled as it was taken).
+    pub(crate) fn finish(&mut self, li: u32, counted: bool, outcome: Outcome, clock: &mut Clock) {
+        if counted && self.pool.counts() {
             self.pool.release(outcome);
         }
         if li == UNKEYED {
@@ -622,8 +624,8 @@ impl Sched {
         }
         let lane = self.lane(li);
         lane.taken -= 1;
-        lane.record(if claimed { outcome } else { Outcome::Cancelled });
-        if claimed {
+        lane.record(if counted { outcome } else { Outcome::Cancelled });
+        if counted {
             lane.gate.release(outcome);
             if lane.blocked && lane.gate.concurrency.running < lane.gate.concurrency.cap {
                 self.unblock(li);

@@ -81,13 +81,15 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
             guard.exited = true;
             return;
         };
-        let claim = (!queued.deferred).then_some(queued.claimed);
         let mut job = queued.job;
         let counters = Counters {
             shard: &shard,
             telemetry: &inner.telemetry,
         };
-        let Some(span) = job.as_mut().begin(&inner.name, queued.id, claim, counters) else {
+        let Some(span) = job
+            .as_mut()
+            .begin(&inner.name, queued.id, queued.claim, counters)
+        else {
             drop_quietly(job);
             last_end = None;
             outcome = Outcome::Cancelled;
