@@ -45,6 +45,21 @@ async fn fill(
 // No head-of-line blocking
 // ---------------------------------------------------------------------------
 
+/// Submits one job of key `b` and checks that it starts at once, without any time
+/// passing: `why` names what holds key `a` back.
+async fn key_b_starts_at_once(pool: &Pool, why: &str) {
+    let t0 = Instant::now();
+    let b = pool
+        .job(async { Instant::now() })
+        .key("b")
+        .submit()
+        .await
+        .unwrap();
+    settle().await;
+    assert!(b.is_finished(), "{why}");
+    assert_eq!(b.await, Ok(t0));
+}
+
 /// A key at its concurrency cap with 1000 jobs queued holds one worker (its running
 /// job) and no more, and a job of another key starts at once: fails if a capped
 /// key's queued jobs park on workers or stand in front of other keys.
@@ -58,19 +73,7 @@ async fn a_key_at_its_cap_with_a_backlog_does_not_hold_up_another_key() {
     let s = pool.stats();
     assert_eq!((s.busy, s.queued), (1, 1_000), "{s:?}");
 
-    let t0 = Instant::now();
-    let b = pool
-        .job(async { Instant::now() })
-        .key("b")
-        .submit()
-        .await
-        .unwrap();
-    settle().await;
-    assert!(
-        b.is_finished(),
-        "key b's job must start while key a is capped"
-    );
-    assert_eq!(b.await, Ok(t0));
+    key_b_starts_at_once(&pool, "key b's job must start while key a is capped").await;
     assert_eq!(g.started(), 1, "key a stays at its cap");
 }
 
@@ -93,16 +96,7 @@ async fn a_key_waiting_for_its_rate_does_not_hold_up_another_key() {
         "a rate wait holds no worker: {s:?}"
     );
 
-    let t0 = Instant::now();
-    let b = pool
-        .job(async { Instant::now() })
-        .key("b")
-        .submit()
-        .await
-        .unwrap();
-    settle().await;
-    assert!(b.is_finished(), "key b's job must start while key a waits");
-    assert_eq!(b.await, Ok(t0));
+    key_b_starts_at_once(&pool, "key b's job must start while key a waits").await;
 }
 
 /// A paused key with 1000 jobs queued holds no worker, and a job of another key
@@ -122,19 +116,7 @@ async fn a_paused_key_does_not_hold_up_another_key() {
         "a paused key holds no worker: {s:?}"
     );
 
-    let t0 = Instant::now();
-    let b = pool
-        .job(async { Instant::now() })
-        .key("b")
-        .submit()
-        .await
-        .unwrap();
-    settle().await;
-    assert!(
-        b.is_finished(),
-        "key b's job must start while key a is paused"
-    );
-    assert_eq!(b.await, Ok(t0));
+    key_b_starts_at_once(&pool, "key b's job must start while key a is paused").await;
 }
 
 /// Unkeyed jobs are a lane of their own: a capped key's backlog does not hold them
