@@ -20,6 +20,7 @@ use crate::priority::Priority;
 use crate::queue::{Inner, Place, Refused, Waiting};
 use crate::sched::Pos;
 use crate::stats::{ShutdownReport, Stats};
+use crate::waiters::Ticket;
 
 /// A bounded pool of long-lived worker tasks that run jobs from a bounded queue.
 ///
@@ -96,16 +97,17 @@ impl JobOpts {
     }
 }
 
-/// Gives up a waiting submitter's registration however its call ends.
+/// Gives up a waiting submitter's registration however its call ends; a place
+/// granted to it goes to the next waiter.
 struct WaitGuard<'a> {
     inner: &'a Inner,
-    registered: bool,
+    ticket: Option<Ticket>,
 }
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
-        if self.registered {
-            self.inner.stop_waiting();
+        if let Some(t) = self.ticket {
+            self.inner.leave(t);
         }
     }
 }
@@ -694,48 +696,33 @@ impl Pool {
         let mut deadline = queue_timeout.and_then(|d| now.checked_add(d));
         let mut guard = WaitGuard {
             inner,
-            registered: false,
+            ticket: None,
         };
-        // The fast path: no notification is created unless the queue is full. A
-        // `Full` registers this call as a waiter under the lock, so workers notify
-        // `space` from then on.
-        match inner.push(
-            task,
-            deadline,
-            Waiting::Yes(&mut guard.registered),
-            &place,
-            now,
-        ) {
-            Ok(pos) => return Ok(pos),
-            Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
-            Err((Refused::Full, t)) => task = t,
-        }
         let wait_deadline = wait.and_then(|w| now.checked_add(w));
         loop {
-            // Enabled before the retry, so a slot freed in between is not missed.
-            let mut space = pin!(inner.space());
-            space.as_mut().enable();
-            match inner.push(
-                task,
-                deadline,
-                Waiting::Yes(&mut guard.registered),
-                &place,
-                now,
-            ) {
+            // A `Full` registers this call as a waiter (under the lock, so no place
+            // that frees after it is missed); a place that frees is then granted to
+            // it, or to an older waiter, and it is woken to use it.
+            match inner.push(task, deadline, Waiting::Yes(&mut guard.ticket), &place, now) {
                 Ok(pos) => return Ok(pos),
                 Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
                 Err((Refused::Full, t)) => task = t,
             }
+            let ticket = guard.ticket.expect("a refused waiter is registered");
+            let turn = std::future::poll_fn(|cx| inner.poll_turn(ticket, cx));
             match wait_deadline {
                 Some(at) => {
-                    if tokio::time::timeout_at(at, space).await.is_err() {
+                    // A grant that is there when the wait times out wins (the turn is
+                    // polled first); one that comes after goes to the next waiter
+                    // when the guard drops.
+                    if tokio::time::timeout_at(at, turn).await.is_err() {
                         inner.count_rejected();
                         tracing::debug!(pool = %self.name(), "taskgate: submit timed out waiting for queue space");
                         return Err(SubmitError::Timeout((*task).into_work()));
                     }
                 }
                 // No wait limit, or one too long to add to the clock.
-                None => space.await,
+                None => turn.await,
             }
             // Queue time counts from acceptance, not from the start of the wait.
             now = Instant::now();

@@ -22,9 +22,10 @@ use crate::key::{Key, KeyLimits, KeyStats};
 use crate::limit::Clock;
 use crate::priority::Priority;
 use crate::rate::{Rate, after};
-use crate::sched::{Gone, Pos, Queued, Sched, UNKEYED};
+use crate::sched::{Gone, Pos, Queued, Sched};
 use crate::stats::{Outcome, Shard, Stats, Totals};
 use crate::telemetry::Telemetry;
+use crate::waiters::{Granted, Ticket, Waiters};
 
 /// The job a worker holds a slot for, reported back when it ends.
 #[derive(Clone, Copy)]
@@ -53,8 +54,9 @@ pub(crate) enum Waiting<'a> {
     No,
     /// An internal probe that will wait next (the stream adapters): count nothing.
     Probe,
-    /// A waiting submitter; the flag is its registration in `submit_waiters`.
-    Yes(&'a mut bool),
+    /// A waiting submitter, with its registration in the waiters, if it has one
+    /// (made on the first refusal).
+    Yes(&'a mut Option<Ticket>),
 }
 
 /// Why a push was refused.
@@ -103,18 +105,14 @@ pub(crate) struct State {
     target: usize,
     /// Workers woken or spawned that have not checked in yet.
     searching: usize,
-    /// Submitters waiting for queue space.
-    submit_waiters: usize,
     /// Worker tasks alive and not yet decided to exit.
     live: usize,
     closed: bool,
     reaper_running: bool,
     /// Right after the scalars every job touches; its own hot fields come first.
     sched: Sched,
-    /// Some waiting submitter was refused for its key's queue capacity: queue
-    /// space then wakes every waiter, since a waiter for one key cannot use space
-    /// that freed in another.
-    key_waiters: bool,
+    /// Submitters waiting for queue space, and the places granted to them.
+    waiters: Waiters,
     /// Parked workers, most recently parked last (reused first: its cache is warm).
     idle: Vec<usize>,
     slots: Vec<Option<Slot>>,
@@ -156,9 +154,34 @@ impl State {
         t.rejected();
     }
 
+    /// Whether the pool's queue has a place that is not granted to a waiter.
     fn has_space(&self, capacity: usize) -> bool {
         let free_workers = self.target.saturating_sub(self.busy);
-        self.sched.queued < capacity.saturating_add(free_workers)
+        self.sched.queued + self.waiters.granted < capacity.saturating_add(free_workers)
+    }
+
+    /// Hands places that may have freed to waiting submitters, oldest first among
+    /// those whose key queue has room (see `waiters.rs`), and collects their wakers.
+    /// Called after every change that can free a place: a job leaving the queue or
+    /// ending, a grant given back, more workers, a key's limits changed.
+    fn grant(&mut self, capacity: usize, wakers: &mut Vec<Waker>) {
+        if self.waiters.is_empty() {
+            if !self.sched.freed.is_empty() {
+                self.sched.freed.clear();
+            }
+            return;
+        }
+        for key in std::mem::take(&mut self.sched.freed) {
+            self.waiters.make_ready(Some(&key));
+        }
+        while self.waiters.any_ready() && self.has_space(capacity) {
+            let sched = &self.sched;
+            match self.waiters.grant_next(|k, reserved| sched.key_room(k, reserved)) {
+                Granted::Woke(w) => wakers.extend(w),
+                Granted::Blocked(k) => self.sched.watch(&k),
+                Granted::None => break,
+            }
+        }
     }
 
     /// Whether the timer task must be spawned or woken for a timer just set.
@@ -280,8 +303,6 @@ pub(crate) struct Inner {
     /// On its own cache lines: producers and workers bounce this line between
     /// cores on every job, and the read-mostly fields below should not ride along.
     state: Padded<Mutex<State>>,
-    /// Submitters waiting for queue space.
-    space: Notify,
     /// Progress towards drained (a worker exited, the queue shrank while closed),
     /// for `shutdown`.
     drained: Notify,
@@ -323,8 +344,7 @@ impl Inner {
                 idle: Vec::new(),
                 slots: Vec::new(),
                 free_slots: Vec::new(),
-                submit_waiters: 0,
-                key_waiters: false,
+                waiters: Waiters::default(),
                 reaper_running: false,
                 submitted: 0,
                 rejected: 0,
@@ -333,7 +353,6 @@ impl Inner {
                 queue_timed_out: 0,
                 retired: Shard::new(),
             })),
-            space: Notify::new(),
             drained: Notify::new(),
             reaper: Notify::new(),
             aborted: AtomicBool::new(false),
@@ -371,24 +390,15 @@ impl Inner {
         }
     }
 
-    /// Wakes submitters waiting for queue space: one, or every one if some wait
-    /// for their key's queue.
-    fn notify_space(&self, key_waiters: bool) {
-        if key_waiters {
-            self.space.notify_waiters();
-        } else {
-            self.space.notify_one();
-        }
-    }
-
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Accepts a task into the queue, or hands it back.
     ///
-    /// `waiting` is the caller's registration as a waiting submitter: set on the
-    /// first `Full`, so that workers know to notify `space` when a slot frees.
+    /// A waiting submitter (`Waiting::Yes`) is registered in the waiters on its
+    /// first `Full`, and uses the place granted to it, if it holds one: a refusal
+    /// then gives the grant back, and the place goes to the next waiter.
     pub(crate) fn push<W, T>(
         self: &Arc<Self>,
         task: Box<Task<W, T>>,
@@ -405,27 +415,48 @@ impl Inner {
         if st.closed {
             return Err((Refused::Closed, task));
         }
+        // A waiter steps out of line (giving back any grant) while its push is
+        // decided, so that its own reserved place counts as free for it.
+        let ticket = match &waiting {
+            Waiting::Yes(t) => **t,
+            _ => None,
+        };
+        let gave_back = ticket.is_some_and(|t| st.waiters.step_out(t));
         let pool_room = st.has_space(self.capacity);
         let lane = if pool_room {
-            st.sched.lane_for(place.key)
+            let reserved = st.waiters.granted_for(place.key);
+            st.sched.lane_for(place.key, reserved)
         } else {
             None
         };
         let Some(lane) = lane else {
+            // Refused by its key's queue, not the pool's.
+            let key_full = pool_room;
             match waiting {
-                Waiting::Yes(w) => {
-                    if !*w {
-                        *w = true;
-                        st.submit_waiters += 1;
-                    }
-                    // Refused by its key's queue, not the pool's.
-                    st.key_waiters |= pool_room;
-                }
+                Waiting::Yes(t) => match *t {
+                    Some(t) => st.waiters.step_in(t, key_full),
+                    None => *t = Some(st.waiters.register(place.key, key_full)),
+                },
                 Waiting::No => st.count_rejected(&self.telemetry),
                 Waiting::Probe => {}
             }
+            if key_full && let Some(k) = place.key {
+                st.sched.watch(k);
+            }
+            let mut wakers = Vec::new();
+            if gave_back {
+                st.grant(self.capacity, &mut wakers);
+            }
+            drop(st);
+            wakers.into_iter().for_each(Waker::wake);
             return Err((Refused::Full, task));
         };
+        if let Some(t) = ticket {
+            st.waiters.leave(t);
+            if let Waiting::Yes(slot) = waiting {
+                *slot = None;
+            }
+        }
         let id = st.next_id;
         st.next_id += 1;
         st.submitted += 1;
@@ -441,6 +472,13 @@ impl Inner {
             },
             now,
         );
+        if !st.waiters.is_empty()
+            && let Some(k) = place.key
+            && st.waiters.blocked(k)
+        {
+            // A key whose waiters are held by its queue must report when it frees.
+            st.sched.watch(k);
+        }
         let action = st.dispatch();
         let timer = st.timer_act();
         st.publish(&self.telemetry);
@@ -452,22 +490,32 @@ impl Inner {
         Ok(Pos { id, lane, prio })
     }
 
-    /// A waiting submitter gives up its registration.
-    pub(crate) fn stop_waiting(&self) {
-        let mut st = self.lock();
-        st.submit_waiters -= 1;
-        if st.submit_waiters == 0 {
-            st.key_waiters = false;
+    /// A waiting submitter's call ended (dropped, timed out, closed out): it
+    /// leaves the line, and a place granted to it goes to the next waiter.
+    pub(crate) fn leave(&self, ticket: Ticket) {
+        let mut wakers = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.waiters.leave(ticket) {
+                st.grant(self.capacity, &mut wakers);
+            }
         }
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     pub(crate) fn count_rejected(&self) {
         self.lock().count_rejected(&self.telemetry);
     }
 
-    /// A future that completes when queue space may have freed, or the pool closed.
-    pub(crate) fn space(&self) -> tokio::sync::futures::Notified<'_> {
-        self.space.notified()
+    /// Ready when the waiter holds a place, or the pool closed; otherwise keeps
+    /// the waker to be woken by when a place is granted.
+    pub(crate) fn poll_turn(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.lock();
+        if st.closed || st.waiters.poll_granted(ticket, cx.waker()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Called by a worker to finish its previous job (`held`, which ended with
@@ -482,19 +530,16 @@ impl Inner {
     ) -> Poll<Option<Queued>> {
         let mut st = self.lock();
         let mut clock = Clock::default();
-        let mut notify_space = false;
         if let Some(h) = held.take() {
             st.busy -= 1;
             st.sched.finish(h.lane, h.counted, outcome, &mut clock);
-            notify_space = st.submit_waiters > 0;
         }
         let result = self.next_locked(&mut st, idx, held, &mut clock, cx);
-        // Taking a keyed job frees a place in its key's queue, which a submitter
-        // may be waiting for. (The pool's queue space counts free workers, so a
-        // take alone frees none there; a finish does.)
-        if st.key_waiters && matches!(&result, Poll::Ready(Some(q)) if q.lane != UNKEYED) {
-            notify_space = true;
-        }
+        // A finish frees a place in the pool's queue (which counts free workers,
+        // so a take alone frees none there), and taking a keyed job frees one in
+        // its key's queue: either may be granted to a waiting submitter.
+        let mut wakers = Vec::new();
+        st.grant(self.capacity, &mut wakers);
         st.publish(&self.telemetry);
         // A worker that took a job hands the search on if more are queued; one
         // that exits may leave a start slot that an idle worker can use.
@@ -504,9 +549,7 @@ impl Inner {
             None
         };
         let timer = st.timer_act();
-        let key_waiters = st.key_waiters;
         let exited = matches!(result, Poll::Ready(None));
-        let mut wakers = Vec::new();
         st.release_idle_if_drained(&mut wakers);
         drop(st);
         if let Some(a) = action {
@@ -514,9 +557,6 @@ impl Inner {
         }
         wakers.into_iter().for_each(Waker::wake);
         self.timer(timer);
-        if notify_space {
-            self.notify_space(key_waiters);
-        }
         if exited {
             self.drained.notify_waiters();
         }
@@ -629,17 +669,13 @@ impl Inner {
         st.count_cancelled(&self.telemetry, 1, false);
         st.publish(&self.telemetry);
         let mut wakers = Vec::new();
+        st.grant(self.capacity, &mut wakers);
         st.release_idle_if_drained(&mut wakers);
         let timer = st.timer_act();
-        let notify = st.submit_waiters > 0;
-        let key_waiters = st.key_waiters;
         let closed = st.closed;
         drop(st);
         wakers.into_iter().for_each(Waker::wake);
         self.timer(timer);
-        if notify {
-            self.notify_space(key_waiters);
-        }
         if closed {
             self.drained.notify_waiters();
         }
@@ -677,18 +713,15 @@ impl Inner {
         if exit {
             st.reaper_running = false;
         }
-        let notify = !expired.is_empty() && st.submit_waiters > 0;
         let closed = st.closed;
         let mut wakers = Vec::new();
+        st.grant(self.capacity, &mut wakers);
         st.release_idle_if_drained(&mut wakers);
         drop(st);
         for a in actions {
             self.act(a);
         }
         wakers.into_iter().for_each(Waker::wake);
-        if notify {
-            self.space.notify_waiters();
-        }
         if closed && (exit || !expired.is_empty()) {
             self.drained.notify_waiters();
         }
@@ -742,19 +775,20 @@ impl Inner {
 
     /// Sets or clears one key's limits.
     pub(crate) fn set_key_limits(self: &Arc<Self>, key: Key, limits: Option<KeyLimits>) {
-        let (action, timer, notify) = {
+        let mut wakers = Vec::new();
+        let (action, timer) = {
             let mut st = self.lock();
+            // The key's queue capacity may have grown.
+            st.waiters.make_ready(Some(&key));
             st.sched.set_limits(key, limits, &mut Clock::default());
-            (st.dispatch(), st.timer_act(), st.submit_waiters > 0)
+            st.grant(self.capacity, &mut wakers);
+            (st.dispatch(), st.timer_act())
         };
         if let Some(a) = action {
             self.act(a);
         }
         self.timer(timer);
-        if notify {
-            // The key's queue capacity may have grown.
-            self.space.notify_waiters();
-        }
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     pub(crate) fn key_stats(&self, key: &Key) -> Option<KeyStats> {
@@ -774,12 +808,12 @@ impl Inner {
             st.closed = true;
             self.closed.store(true, Ordering::Release);
             st.unpark_all(&mut wakers);
+            st.waiters.wake_all(&mut wakers);
         }
         self.tracker.close();
         for w in wakers {
             w.wake();
         }
-        self.space.notify_waiters();
         self.reaper.notify_one();
         tracing::debug!(pool = %self.name, "taskgate: pool closed");
     }
@@ -795,6 +829,7 @@ impl Inner {
             st.count_cancelled(&self.telemetry, drained.len() as u64, true);
             st.publish(&self.telemetry);
             st.unpark_all(&mut wakers);
+            st.waiters.wake_all(&mut wakers);
             // Interrupt running jobs: their workers see `aborted` at the next poll.
             for slot in st.slots.iter().flatten() {
                 if let Some(w) = &slot.waker {
@@ -814,7 +849,6 @@ impl Inner {
         for w in wakers {
             w.wake();
         }
-        self.space.notify_waiters();
         self.reaper.notify_one();
         self.drained.notify_waiters();
     }
@@ -822,10 +856,8 @@ impl Inner {
     pub(crate) fn resize(self: &Arc<Self>, workers: usize) {
         let mut wakers = Vec::new();
         let mut actions = Vec::new();
-        let notify_space;
         {
             let mut st = self.lock();
-            let grew = workers > st.target;
             st.target = workers;
             if st.live > workers {
                 // Wake idle workers so the surplus can exit; busy ones exit when
@@ -836,16 +868,14 @@ impl Inner {
                 actions.push(a);
             }
             st.publish(&self.telemetry);
-            notify_space = grew && st.submit_waiters > 0;
+            // More workers, more places.
+            st.grant(self.capacity, &mut wakers);
         }
         for w in wakers {
             w.wake();
         }
         for a in actions {
             self.act(a);
-        }
-        if notify_space {
-            self.space.notify_waiters();
         }
         self.drained.notify_waiters();
         tracing::debug!(pool = %self.name, workers, "taskgate: pool resized");

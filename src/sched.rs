@@ -115,6 +115,8 @@ struct Lane {
     in_ring: [bool; 3],
     /// Known unable to start a job now; out of the rings until a release or timer.
     blocked: bool,
+    /// Submitters wait for this key's queue: report the key when a job leaves it.
+    watched: bool,
     gate: Gate,
     queues: Queues,
     capacity: usize,
@@ -134,6 +136,7 @@ impl Lane {
             taken: 0,
             in_ring: [false; 3],
             blocked: false,
+            watched: false,
             gate: Gate::new(limits.concurrency, limits.rate),
             capacity: limits.queue_capacity.unwrap_or(usize::MAX),
             wake_at: None,
@@ -243,6 +246,9 @@ struct Aging {
 pub(crate) struct Sched {
     /// Jobs queued, in all lanes.
     pub(crate) queued: usize,
+    /// Keys with waiting submitters whose queues have freed a place since the
+    /// pool last looked (see `Lane::watched`).
+    pub(crate) freed: Vec<Key>,
     by_prio: [usize; 3],
     /// The pool's gate said no until then: nothing starts before the timer fires.
     pool_blocked: Option<Instant>,
@@ -292,6 +298,7 @@ impl Sched {
             aging_after,
             aging_on: false,
             queued: 0,
+            freed: Vec::new(),
             by_prio: [0; 3],
             pool: Gate::new(None, pool_rate),
             pool_blocked: None,
@@ -347,20 +354,53 @@ impl Sched {
     }
 
     /// The lane for a new job of `key`, created if needed; `None` if the key's
-    /// queue is full. Called only once the pool's queue has room.
-    pub(crate) fn lane_for(&mut self, key: Option<&Key>) -> Option<u32> {
+    /// queue is full, counting `reserved` places granted to its waiting
+    /// submitters. Called only once the pool's queue has room.
+    pub(crate) fn lane_for(&mut self, key: Option<&Key>, reserved: usize) -> Option<u32> {
         let Some(key) = key else {
             return Some(UNKEYED);
         };
-        if let Some(&li) = self.by_key.get(key) {
-            let lane = self.lane(li);
-            return (lane.queued < lane.capacity).then_some(li);
+        if !self.key_room(key, reserved) {
+            return None;
         }
-        Some(self.create_lane(key))
+        match self.by_key.get(key) {
+            Some(&li) => Some(li),
+            None => Some(self.create_lane(key)),
+        }
+    }
+
+    /// Whether `key`'s queue has a place beyond the `reserved` ones.
+    pub(crate) fn key_room(&self, key: &Key, reserved: usize) -> bool {
+        match self.by_key.get(key).and_then(|&li| self.lanes.get(li)) {
+            Some(lane) => lane.queued.saturating_add(reserved) < lane.capacity,
+            None => reserved < self.limits_of(key).queue_capacity.unwrap_or(usize::MAX),
+        }
+    }
+
+    fn limits_of(&self, key: &Key) -> KeyLimits {
+        self.overrides.get(key).copied().unwrap_or(self.defaults)
+    }
+
+    /// Submitters wait for `key`'s queue: report the key (in `freed`) when one of
+    /// its queued jobs leaves. A key with no lane has nothing queued; its waiters
+    /// wait for places granted to others, which come back through the waiters.
+    pub(crate) fn watch(&mut self, key: &Key) {
+        if let Some(&li) = self.by_key.get(key) {
+            self.lane(li).watched = true;
+        }
+    }
+
+    /// Called as a job leaves lane `li`'s queue.
+    fn left_queue(freed: &mut Vec<Key>, lane: &mut Lane) {
+        lane.queued -= 1;
+        if lane.watched {
+            lane.watched = false;
+            freed.extend(lane.key.clone());
+        }
     }
 
     fn create_lane(&mut self, key: &Key) -> u32 {
-        let limits = self.overrides.get(key).copied().unwrap_or(self.defaults);
+        let limits = self.limits_of(key);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let lane = match self.spare.pop() {
@@ -487,7 +527,7 @@ impl Sched {
                     continue;
                 }
                 let mut q = lane.pop(p).expect("checked non-empty");
-                lane.queued -= 1;
+                Self::left_queue(&mut self.freed, lane);
                 if li != UNKEYED {
                     lane.taken += 1;
                 }
@@ -703,7 +743,7 @@ impl Sched {
                 .map(|at| (p, at))
         })?;
         let q = lane.queues[p].remove(at).expect("found");
-        lane.queued -= 1;
+        Self::left_queue(&mut self.freed, lane);
         let why = match why {
             Gone::QueueTimedOut if q.job.cancel_requested() => Gone::Cancelled,
             why => why,
@@ -783,6 +823,7 @@ impl Sched {
                 }
             }
             lane.queued = 0;
+            lane.watched = false;
             lane.in_ring = [false; 3];
             self.collect(li, clock);
         }
