@@ -186,10 +186,10 @@ mod sched;
 mod stats;
 mod stream;
 mod telemetry;
-mod waiters;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
+mod waiters;
 mod worker;
 
 pub use builder::Builder;

@@ -44,8 +44,11 @@ pub(crate) enum Admit {
 pub(crate) trait Limiter {
     /// Whether one more job may start, without taking anything.
     fn check(&self, clock: &mut Clock) -> Admit;
-    /// A job passed every limiter and starts now: count it.
-    fn acquire(&mut self, clock: &mut Clock);
+    /// A job passed every limiter and starts now: count it. `queued_since` is
+    /// when the job was accepted, given where a rate applies (a rate charges a
+    /// job that was already waiting when its start became due from then, up to
+    /// the timer's granularity: see `Gcra::take`).
+    fn acquire(&mut self, clock: &mut Clock, queued_since: Option<Instant>);
     /// A job this limiter counted has ended with `outcome`.
     fn release(&mut self, outcome: Outcome);
     /// Until when the limiter holds state that would be lost if its lane were
@@ -71,7 +74,7 @@ impl Limiter for ConcurrencyLimit {
     }
 
     #[inline]
-    fn acquire(&mut self, _: &mut Clock) {
+    fn acquire(&mut self, _: &mut Clock, _: Option<Instant>) {
         self.running += 1;
     }
 
@@ -93,8 +96,8 @@ impl Limiter for Gcra {
         }
     }
 
-    fn acquire(&mut self, clock: &mut Clock) {
-        self.take(clock.now());
+    fn acquire(&mut self, clock: &mut Clock, queued_since: Option<Instant>) {
+        self.take(clock.now(), queued_since);
     }
 
     fn release(&mut self, _: Outcome) {}
@@ -132,7 +135,7 @@ impl Limiter for Pause {
         }
     }
 
-    fn acquire(&mut self, _: &mut Clock) {}
+    fn acquire(&mut self, _: &mut Clock, _: Option<Instant>) {}
 
     fn release(&mut self, _: Outcome) {}
 
@@ -190,10 +193,10 @@ impl Limiter for Gate {
     }
 
     #[inline]
-    fn acquire(&mut self, clock: &mut Clock) {
-        self.concurrency.acquire(clock);
+    fn acquire(&mut self, clock: &mut Clock, queued_since: Option<Instant>) {
+        self.concurrency.acquire(clock, queued_since);
         if let Some(r) = &mut self.rate {
-            Limiter::acquire(r, clock);
+            Limiter::acquire(r, clock, queued_since);
         }
     }
 

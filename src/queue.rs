@@ -176,7 +176,10 @@ impl State {
         }
         while self.waiters.any_ready() && self.has_space(capacity) {
             let sched = &self.sched;
-            match self.waiters.grant_next(|k, reserved| sched.key_room(k, reserved)) {
+            match self
+                .waiters
+                .grant_next(|k, reserved| sched.key_room(k, reserved))
+            {
                 Granted::Woke(w) => wakers.extend(w),
                 Granted::Blocked(k) => self.sched.watch(&k),
                 Granted::None => break,

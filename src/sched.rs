@@ -548,11 +548,14 @@ impl Sched {
                 // Unkeyed jobs have no limits of their own, and the pool's gate counts
                 // only with a rate: nothing to count for them.
                 if q.counted() {
+                    // Only a rate reads when the job was accepted.
+                    let rated = lane.gate.rate.is_some() || self.pool.rate.is_some();
+                    let since = rated.then(|| q.job.submitted());
                     if li != UNKEYED {
-                        lane.gate.acquire(clock);
+                        lane.gate.acquire(clock, since);
                     }
                     if self.pool.counts() {
-                        self.pool.acquire(clock);
+                        self.pool.acquire(clock, since);
                     }
                 }
                 self.queued -= 1;

@@ -206,7 +206,9 @@ impl Waiters {
             Turn::Out => false,
             Turn::Granted => {
                 self.granted -= 1;
-                let g = self.group_mut(key.as_ref()).expect("a granted waiter's group");
+                let g = self
+                    .group_mut(key.as_ref())
+                    .expect("a granted waiter's group");
                 g.granted -= 1;
                 true
             }
