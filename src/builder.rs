@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::BuildError;
+use crate::error::{BuildError, LimitError};
 use crate::key::KeyLimits;
 use crate::pool::Pool;
 use crate::queue::{Inner, SchedConfig};
@@ -58,6 +58,7 @@ pub struct Builder {
     rate: Option<Rate>,
     key_limits: KeyLimits,
     aging: Option<Duration>,
+    key_share: Option<f64>,
 }
 
 impl Builder {
@@ -142,6 +143,36 @@ impl Builder {
         self
     }
 
+    /// The share of the pool's queue places that one [key](crate::Key) may hold
+    /// when its [`KeyLimits::queue_capacity`](crate::KeyLimits::queue_capacity) is
+    /// not set: a key's queue takes at most `max(1, ⌊share × queue_capacity⌋)`
+    /// jobs (default 0.5, half of the queue). So a key that stalls (paused, capped,
+    /// waiting on its rate) cannot fill the queue and make every other key's
+    /// `submit` wait: the rest stays for other keys and unkeyed jobs. `1.0` lets a
+    /// key take the whole queue. A key's own `queue_capacity` replaces the share.
+    ///
+    /// A share that is not in `(0, 1]` (zero, negative, above 1, NaN) makes
+    /// [`build`](Builder::build) fail with [`LimitError::InvalidQueueShare`](crate::LimitError::InvalidQueueShare)
+    /// inside [`BuildError::InvalidLimit`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), taskgate::BuildError> {
+    /// // 100 queue places; no key may hold more than 25 of them.
+    /// let pool = taskgate::Pool::builder()
+    ///     .workers(4)
+    ///     .queue_capacity(100)
+    ///     .key_queue_share(0.25)
+    ///     .build()?;
+    /// # drop(pool);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key_queue_share(mut self, share: f64) -> Self {
+        self.key_share = Some(share);
+        self
+    }
+
     /// How long a queued `Low` or `Normal` job waits before it ranks as `High`, so
     /// that a steady stream of urgent jobs cannot starve it (default 1 s). See
     /// [`Priority`](crate::Priority).
@@ -159,7 +190,7 @@ impl Builder {
     /// [`BuildError::NoTimer`] on a runtime built without timers,
     /// [`BuildError::ZeroWorkers`] for `workers(0)`, and
     /// [`BuildError::InvalidLimit`] for a zero rate, period, burst, key concurrency
-    /// or key queue capacity.
+    /// or key queue capacity, or a key queue share outside `(0, 1]`.
     pub fn build(self) -> Result<Pool, BuildError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         if !timers_enabled() {
@@ -176,6 +207,12 @@ impl Builder {
             rate.validate()?;
         }
         self.key_limits.validate()?;
+        let share = self.key_share.unwrap_or(DEFAULT_KEY_SHARE);
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(LimitError::InvalidQueueShare.into());
+        }
+        // A float product of a usize, floored: exact enough for a share of places.
+        let key_capacity = ((capacity as f64 * share).floor() as usize).max(1);
         let name: Arc<str> = self.name.as_deref().unwrap_or("taskgate").into();
         Ok(Pool::from_inner(Arc::new(Inner::new(
             rt,
@@ -187,6 +224,7 @@ impl Builder {
             SchedConfig {
                 rate: self.rate,
                 key_limits: self.key_limits,
+                key_capacity,
                 aging: self.aging.unwrap_or(Duration::from_secs(1)),
             },
         ))))
@@ -200,6 +238,9 @@ impl Builder {
 fn timers_enabled() -> bool {
     std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
 }
+
+/// The share of the queue a key may hold by default.
+const DEFAULT_KEY_SHARE: f64 = 0.5;
 
 /// `available_parallelism() × 8`, for I/O-bound work.
 fn default_workers() -> usize {

@@ -221,6 +221,9 @@ pub enum LimitError {
     ZeroConcurrency,
     /// A key queue capacity of zero: no job of the key could ever be accepted.
     ZeroQueueCapacity,
+    /// A [key queue share](crate::Builder::key_queue_share) that is not a number
+    /// in `(0, 1]`.
+    InvalidQueueShare,
 }
 
 impl fmt::Display for LimitError {
@@ -231,6 +234,7 @@ impl fmt::Display for LimitError {
             LimitError::ZeroBurst => "rate burst must be at least 1",
             LimitError::ZeroConcurrency => "key concurrency must be at least 1",
             LimitError::ZeroQueueCapacity => "key queue capacity must be at least 1",
+            LimitError::InvalidQueueShare => "key queue share must be in (0, 1]",
         })
     }
 }

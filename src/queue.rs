@@ -45,6 +45,8 @@ pub(crate) struct Place<'a> {
 pub(crate) struct SchedConfig {
     pub(crate) rate: Option<Rate>,
     pub(crate) key_limits: KeyLimits,
+    /// A key's queue capacity when its limits set none (the key queue share).
+    pub(crate) key_capacity: usize,
     pub(crate) aging: std::time::Duration,
 }
 
@@ -337,7 +339,7 @@ impl Inner {
         telemetry.gauges(workers, 0, 0);
         Inner {
             state: Padded(Mutex::new(State {
-                sched: Sched::new(sched.rate, sched.key_limits, sched.aging),
+                sched: Sched::new(sched.rate, sched.key_limits, sched.key_capacity, sched.aging),
                 next_id: 1,
                 closed: false,
                 target: workers,

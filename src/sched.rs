@@ -127,7 +127,14 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(key: Option<Key>, generation: u32, limits: &KeyLimits, queues: Queues) -> Lane {
+    /// `capacity`: its queue capacity unless `limits` set one.
+    fn new(
+        key: Option<Key>,
+        generation: u32,
+        limits: &KeyLimits,
+        capacity: usize,
+        queues: Queues,
+    ) -> Lane {
         Lane {
             key,
             generation,
@@ -138,7 +145,7 @@ impl Lane {
             blocked: false,
             watched: false,
             gate: Gate::new(limits.concurrency, limits.rate),
-            capacity: limits.queue_capacity.unwrap_or(usize::MAX),
+            capacity: limits.queue_capacity.unwrap_or(capacity),
             wake_at: None,
             counts: KeyCounts::default(),
         }
@@ -162,9 +169,9 @@ impl Lane {
         self.queues[p].pop_front()
     }
 
-    fn apply(&mut self, limits: &KeyLimits) {
+    fn apply(&mut self, limits: &KeyLimits, capacity: usize) {
         self.gate.concurrency.cap = limits.concurrency.unwrap_or(usize::MAX);
-        self.capacity = limits.queue_capacity.unwrap_or(usize::MAX);
+        self.capacity = limits.queue_capacity.unwrap_or(capacity);
         self.gate.rate = match (self.gate.rate, limits.rate) {
             (Some(mut g), Some(r)) => {
                 g.set_rate(r);
@@ -270,6 +277,8 @@ pub(crate) struct Sched {
     by_key: HashMap<Key, u32>,
     overrides: HashMap<Key, KeyLimits>,
     defaults: KeyLimits,
+    /// A key's queue capacity where its limits set none (the pool's key share).
+    key_capacity: usize,
     /// Times at which a lane (or `POOL`) may become startable or collectable.
     wakeups: BTreeSet<(Instant, u32)>,
     /// Queue-timeout deadlines: (deadline, id, lane, priority at submit).
@@ -281,11 +290,19 @@ impl Sched {
     pub(crate) fn new(
         pool_rate: Option<Rate>,
         defaults: KeyLimits,
+        key_capacity: usize,
         aging_after: Duration,
     ) -> Sched {
         Sched {
             lanes: Slab {
-                unkeyed: Lane::new(None, 0, &KeyLimits::default(), Queues::default()),
+                // Unkeyed jobs have no queue of their own to fill.
+                unkeyed: Lane::new(
+                    None,
+                    0,
+                    &KeyLimits::default(),
+                    usize::MAX,
+                    Queues::default(),
+                ),
                 keyed: Vec::new(),
             },
             free: Vec::new(),
@@ -293,6 +310,7 @@ impl Sched {
             by_key: HashMap::new(),
             overrides: HashMap::new(),
             defaults,
+            key_capacity,
             rings: Default::default(),
             aging: VecDeque::new(),
             aging_after,
@@ -373,7 +391,10 @@ impl Sched {
     pub(crate) fn key_room(&self, key: &Key, reserved: usize) -> bool {
         match self.by_key.get(key).and_then(|&li| self.lanes.get(li)) {
             Some(lane) => lane.queued.saturating_add(reserved) < lane.capacity,
-            None => reserved < self.limits_of(key).queue_capacity.unwrap_or(usize::MAX),
+            None => {
+                let cap = self.limits_of(key).queue_capacity;
+                reserved < cap.unwrap_or(self.key_capacity)
+            }
         }
     }
 
@@ -406,13 +427,20 @@ impl Sched {
         let lane = match self.spare.pop() {
             Some(mut lane) => {
                 let queues = std::mem::take(&mut lane.queues);
-                *lane = Lane::new(Some(key.clone()), generation, &limits, queues);
+                *lane = Lane::new(
+                    Some(key.clone()),
+                    generation,
+                    &limits,
+                    self.key_capacity,
+                    queues,
+                );
                 lane
             }
             None => Box::new(Lane::new(
                 Some(key.clone()),
                 generation,
                 &limits,
+                self.key_capacity,
                 Queues::default(),
             )),
         };
@@ -874,7 +902,8 @@ impl Sched {
             }
         };
         if let Some(&li) = self.by_key.get(&key) {
-            self.lane(li).apply(&applied);
+            let capacity = self.key_capacity;
+            self.lane(li).apply(&applied, capacity);
             self.unblock(li);
             self.collect(li, clock);
         }

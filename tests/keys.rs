@@ -183,7 +183,13 @@ async fn a_new_worker_goes_to_another_key_not_to_the_capped_backlog() {
 /// FIFO across keys (b would wait for 10 000 jobs) or the rotation is broken.
 #[tokio::test(start_paused = true)]
 async fn keys_take_turns_however_long_their_backlog() {
-    let pool = pool(1, 10_010);
+    // The whole queue to one key: by default a key may hold only half of it.
+    let pool = Pool::builder()
+        .workers(1)
+        .queue_capacity(10_010)
+        .key_queue_share(1.0)
+        .build()
+        .unwrap();
     let starts = Starts::<&'static str>::default();
     for _ in 0..10_000 {
         pool.job(starts.job("a", Duration::ZERO))
@@ -1069,4 +1075,111 @@ async fn cancels_racing_workers_on_one_job_keys_are_counted_once() {
     assert_eq!(s.submitted, s.ended(), "{s:?}");
     assert_eq!(s.keys, 0, "{s:?}");
     assert_accounted(&pool);
+}
+
+// ---------------------------------------------------------------------------
+// The key queue share: one key cannot take the whole queue
+// ---------------------------------------------------------------------------
+
+/// Key `a` is paused with 10 000 submitters waiting on it: by default it holds at
+/// most half of the pool's queue, so a key `b` submit is admitted at once and
+/// unkeyed jobs still flow. Fails if a stalled key can fill the pool's queue.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_key_with_10_000_waiters_leaves_room_for_others() {
+    let pool = Pool::builder()
+        .workers(2)
+        .queue_capacity(100)
+        .build()
+        .unwrap();
+    pool.pause_key_for("a", HOUR);
+    let mut waiters = Vec::new();
+    for _ in 0..10_000 {
+        let p = pool.clone();
+        waiters.push(tokio::spawn(async move {
+            p.job(async {}).key("a").submit().await.map(|h| h.detach())
+        }));
+    }
+    settle().await;
+    let a = pool.key_stats(&Key::from("a")).unwrap();
+    assert_eq!(a.queued, 50, "key a holds its share, half of the queue");
+    let admitted = waiters.iter().filter(|w| w.is_finished()).count();
+    assert_eq!(admitted, 50, "the other 9 950 submitters of key a wait");
+
+    // Key b is admitted without waiting, and starts.
+    let b = pool.job(async { 7 }).key("b").try_submit();
+    let b = b.unwrap_or_else(|_| panic!("key b refused while key a is stalled"));
+    assert_eq!(b.await, Ok(7));
+
+    // Unkeyed jobs flow: a thousand of them, through the queue, while a waits.
+    let g = Gauge::default();
+    for _ in 0..1_000 {
+        pool.submit(held(&g, MS)).await.unwrap().detach();
+    }
+    // Paused time moves on from timer to timer while the jobs run.
+    tokio::time::sleep(HOUR / 2).await;
+    assert_eq!(g.started(), 1_000, "{:?}", pool.stats());
+    assert_eq!(pool.key_stats(&Key::from("a")).unwrap().queued, 50);
+
+    // When the pause ends, every waiter of key a gets in and runs.
+    tokio::time::sleep(HOUR).await;
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    pool.shutdown().await;
+    assert_eq!(pool.stats().completed, 1 + 1_000 + 10_000);
+    assert_accounted(&pool);
+}
+
+/// By default a key queues at most `⌊capacity / 2⌋` jobs; `try_submit` beyond that
+/// is refused for the key alone; `key_queue_share` and a key's own
+/// `queue_capacity` change the limit.
+#[tokio::test(start_paused = true)]
+async fn a_key_queues_at_most_its_share() {
+    for (share, own, expect) in [
+        (None, None, 5),
+        (Some(0.3), None, 3),
+        (Some(1.0), None, 10),
+        (Some(0.01), None, 1),
+        (None, Some(8), 8),
+        (Some(0.3), Some(2), 2),
+    ] {
+        let mut b = Pool::builder().workers(1).queue_capacity(10);
+        if let Some(s) = share {
+            b = b.key_queue_share(s);
+        }
+        if let Some(c) = own {
+            b = b.key_limits(KeyLimits::default().queue_capacity(c));
+        }
+        let pool = b.build().unwrap();
+        pool.pause_key_for("a", HOUR);
+        let mut n = 0;
+        while let Ok(h) = pool.job(async {}).key("a").try_submit() {
+            h.detach();
+            n += 1;
+        }
+        assert_eq!(n, expect, "share {share:?}, own capacity {own:?}");
+        // The refusal is the key's: another key and unkeyed jobs get in.
+        let b = pool.job(async { 1 }).key("b").try_submit();
+        assert_eq!(b.ok().unwrap().await, Ok(1));
+        let u = pool.try_submit(async { 2 });
+        assert_eq!(u.ok().unwrap().await, Ok(2));
+        pool.abort();
+    }
+}
+
+/// A share outside `(0, 1]` is a typed build error, never a panic.
+#[tokio::test]
+async fn a_bad_key_queue_share_is_a_typed_error() {
+    for s in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
+        let e = Pool::builder().key_queue_share(s).build().unwrap_err();
+        assert!(
+            matches!(e, BuildError::InvalidLimit(LimitError::InvalidQueueShare)),
+            "share {s}: {e:?}"
+        );
+        assert_eq!(
+            LimitError::InvalidQueueShare.to_string(),
+            "key queue share must be in (0, 1]"
+        );
+    }
+    assert!(Pool::builder().key_queue_share(1.0).build().is_ok());
 }

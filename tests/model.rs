@@ -953,7 +953,8 @@ impl Run {
             ));
         }
         let Some(k) = key else { return Ok(()) };
-        let cap = self.world.model.lock().unwrap().limits(k).queue_capacity;
+        // A key's own queue capacity, or its default share of the pool's (half).
+        let cap = Some(self.key_capacity(k));
         let ks = self.pool.key_stats(&Key::from(k));
         match (cap, ks) {
             (Some(cap), Some(ks)) if ks.queued >= cap => {
@@ -1182,7 +1183,10 @@ impl Run {
                 continue;
             }
             let key_room = log.key.is_none_or(|k| {
-                let cap = m.limits(k).queue_capacity.unwrap_or(usize::MAX);
+                let cap = m
+                    .limits(k)
+                    .queue_capacity
+                    .unwrap_or((self.setup.capacity / 2).max(1));
                 let ks = keys.iter().find(|(kk, _)| *kk == k).unwrap().1;
                 ks.is_none_or(|ks| ks.queued < cap)
             });
@@ -1252,6 +1256,15 @@ impl Run {
             Err(JobError::Closed) => assert!(self.closed && matches!(j.via, Via::Run)),
             Err(e) => panic!("job {idx}: unexpected {e}"),
         }
+    }
+
+    /// How many jobs key `k` may have queued: its own queue capacity, or by
+    /// default half of the pool's (`Builder::key_queue_share`'s default).
+    fn key_capacity(&self, k: &str) -> usize {
+        let m = self.world.model.lock().unwrap();
+        m.limits(k)
+            .queue_capacity
+            .unwrap_or((self.setup.capacity / 2).max(1))
     }
 
     /// Over every window of recorded starts, at most
