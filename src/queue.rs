@@ -339,7 +339,12 @@ impl Inner {
         telemetry.gauges(workers, 0, 0);
         Inner {
             state: Padded(Mutex::new(State {
-                sched: Sched::new(sched.rate, sched.key_limits, sched.key_capacity, sched.aging),
+                sched: Sched::new(
+                    sched.rate,
+                    sched.key_limits,
+                    sched.key_capacity,
+                    sched.aging,
+                ),
                 next_id: 1,
                 closed: false,
                 target: workers,
