@@ -230,6 +230,9 @@ struct Log {
     accepted: Mutex<Option<Instant>>,
     /// Its submit call returned (accepted or refused): it no longer waits for space.
     submit_done: AtomicBool,
+    /// A `run` whose job fitted when it was called, so was accepted then (the
+    /// model cannot see when a `run` that waited for space was accepted).
+    fit_at_call: AtomicBool,
     started: Mutex<Option<Instant>>,
     dropped: Mutex<Option<Instant>>,
     /// `cancel()` or a handle drop happened while the job had not started.
@@ -312,6 +315,12 @@ struct Start {
 /// What the limits allow, updated by the operations and by the jobs as they start.
 struct Model {
     base: Instant,
+    /// A rate-limited job started whose acceptance time the model does not know
+    /// (a `run` that waited for space): the pool may have charged it from its due
+    /// time or from its start, so the rates' exact state is unknown from then on,
+    /// and the checks that need it (conformance, liveness under a rate, key rate
+    /// debt) stand down. The window bounds are still checked.
+    rate_unsure: bool,
     defaults: KeyLimits,
     pool_rate: Option<Rate>,
     pool_tat: Option<Instant>,
@@ -497,9 +506,17 @@ impl World {
         let mut found = Vec::new();
         let mut m = self.model.lock().unwrap();
         let id = log.id;
-        // When the pool accepted it (for `run`, which the model cannot see accepted,
-        // when it was made: no later).
-        let since = log.accepted().unwrap_or(log.created);
+        // When the pool accepted it, where the model knows.
+        let since = if log.acceptance_seen {
+            log.accepted()
+        } else {
+            log.fit_at_call.load(SeqCst).then_some(log.created)
+        };
+        let rated = m.pool_rate.is_some() || log.key.is_some_and(|k| m.limits(k).rate.is_some());
+        if since.is_none() && rated {
+            m.rate_unsure = true;
+        }
+        let since = since.unwrap_or(now);
         let t = m.at(now);
         if m.check_priority
             && !skip("priority")
@@ -519,7 +536,7 @@ impl World {
             ));
         }
         if let Some(r) = m.pool_rate {
-            if !conforms(r, m.pool_tat, now) && !skip("rate") {
+            if !conforms(r, m.pool_tat, now) && !m.rate_unsure && !skip("rate") {
                 found.push(format!(
                     "job {id} started at {t:?} against the pool rate {r:?} (tat {:?})",
                     m.pool_tat.map(|x| m.at(x))
@@ -532,6 +549,7 @@ impl World {
             let lim = m.limits(k);
             let base = m.base;
             let at = |x: Instant| x.saturating_duration_since(base);
+            let unsure = m.rate_unsure;
             let km = m.keys.get_mut(k).unwrap();
             if let Some(p) = km.pause
                 && now < p
@@ -553,7 +571,7 @@ impl World {
             }
             km.running += 1;
             if let Some(r) = lim.rate {
-                if !conforms(r, km.tat, now) && !skip("rate") {
+                if !conforms(r, km.tat, now) && !unsure && !skip("rate") {
                     found.push(format!(
                         "job {id} of key {k} started at {t:?} against its rate {r:?} (tat {:?})",
                         km.tat.map(at)
@@ -725,6 +743,7 @@ impl Run {
                     acceptance_seen: !matches!(via, Via::Run),
                     accepted: Mutex::new(None),
                     submit_done: AtomicBool::new(false),
+                    fit_at_call: AtomicBool::new(false),
                     started: Mutex::new(None),
                     dropped: Mutex::new(None),
                     cancelled_unstarted: AtomicBool::new(false),
@@ -797,6 +816,10 @@ impl Run {
                         ));
                     }
                     Via::Run => {
+                        // No waiter holds a grant between steps, so a job that fits
+                        // now is accepted by the call.
+                        log.fit_at_call
+                            .store(!self.closed && self.room_for(key).is_ok(), SeqCst);
                         self.waiters.push((
                             idx,
                             tokio::spawn(async move {
@@ -1063,7 +1086,10 @@ impl Run {
             );
             match ks {
                 None => assert!(
-                    km.running == 0 && known == 0 && pause.is_none() && debt.is_none(),
+                    km.running == 0
+                        && known == 0
+                        && pause.is_none()
+                        && (debt.is_none() || m.rate_unsure),
                     "key state missing: {what}"
                 ),
                 Some(ks) => {
@@ -1078,6 +1104,7 @@ impl Run {
                             || ks.queued > 0
                             || pause.is_some()
                             || debt.is_some()
+                            || m.rate_unsure
                             || skip("key_gc"),
                         "key state kept with nothing to hold: {what}"
                     );
@@ -1136,7 +1163,8 @@ impl Run {
         let now = Instant::now();
         let m = self.world.model.lock().unwrap();
         if m.pool_pause.is_some_and(|p| p > now)
-            || m.pool_rate.is_some_and(|r| !conforms(r, m.pool_tat, now))
+            || m.pool_rate
+                .is_some_and(|r| m.rate_unsure || !conforms(r, m.pool_tat, now))
         {
             return;
         }
@@ -1158,7 +1186,9 @@ impl Run {
             let lim = m.limits(k);
             let free = km.pause.is_none_or(|p| p <= now)
                 && lim.concurrency.is_none_or(|c| km.running < c)
-                && lim.rate.is_none_or(|r| conforms(r, km.tat, now));
+                && lim
+                    .rate
+                    .is_none_or(|r| !m.rate_unsure && conforms(r, km.tat, now));
             assert!(
                 !free,
                 "a job of key {k} waits with {} of {target} workers busy at {:?} and its limits {lim:?} allow it, after {op:?}: {ks:?}, {s:?}",
@@ -1379,6 +1409,7 @@ fn run_sequence(setup: Setup, ops: Vec<Op>, counted: bool) {
                 defaults: setup.key_limits,
                 pool_rate: setup.rate,
                 pool_tat: None,
+                rate_unsure: false,
                 pool_pause: None,
                 aging: setup.aging.map_or(Duration::from_secs(1), millis),
                 keys: KEYS.iter().map(|&k| (k, KeyModel::default())).collect(),

@@ -177,3 +177,51 @@ pub fn assert_within_rate(times: &[tokio::time::Instant], rate: taskgate::Rate, 
         }
     }
 }
+
+/// Asserts that the sorted start instants `times` obey `rate` in every window, with
+/// an allowance `eps` for the timer's lateness: over any window of length `t`, at
+/// most `burst + count * (t + eps) / period` starts (the bound in `Rate`'s docs).
+/// With `eps` zero it is `assert_within_rate`'s exact bound.
+///
+/// Linear in the number of starts, so it suits long runs. With
+/// `d(k) = k * period - count * (times[k] - times[0])`, the window `i..=j` obeys
+/// the bound exactly when `d(j) - d(i) <= (burst - 1) * period + count * eps`
+/// (windows of at most `burst` starts always do), so it is enough to compare each
+/// `d(j)` with the least `d(i)` before it.
+pub fn assert_within_rate_eps(
+    times: &[tokio::time::Instant],
+    rate: taskgate::Rate,
+    eps: Duration,
+    what: &str,
+) {
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "{what}: start instants are not sorted"
+    );
+    let Some(&first) = times.first() else {
+        return;
+    };
+    let per = rate.period().as_nanos() as i128;
+    let n = i128::from(rate.count());
+    let burst = i128::from(rate.burst_size());
+    let slack = (burst - 1) * per + n * eps.as_nanos() as i128;
+    let d = |k: usize| k as i128 * per - n * times[k].duration_since(first).as_nanos() as i128;
+    let (mut min_i, mut min_d) = (0, d(0));
+    for j in 1..times.len() {
+        let dj = d(j);
+        if dj - min_d > slack {
+            let (i, starts) = (min_i, j - min_i + 1);
+            panic!(
+                "{what}: {starts} starts within {:?} (starts {i}..={j}) exceed {rate:?} with \
+                 ε = {eps:?} (allowed: burst + n·(t + ε)/period = {:.3})",
+                times[j].duration_since(times[i]),
+                burst as f64
+                    + n as f64 * (times[j].duration_since(times[i]) + eps).as_secs_f64()
+                        / rate.period().as_secs_f64(),
+            );
+        }
+        if dj < min_d {
+            (min_i, min_d) = (j, dj);
+        }
+    }
+}
