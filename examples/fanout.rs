@@ -77,9 +77,10 @@ struct Args {
     /// (default: the server's rate).
     #[arg(long)]
     rate: Option<u32>,
-    /// The burst for `--rate` (default: a hundredth of the rate, at least 1). With
-    /// burst 1, a rate above a few hundred per second is not reached: tokio's
-    /// timers fire on 1 ms ticks (see examples/rate_accuracy.rs).
+    /// The burst for `--rate` (default: a hundredth of the rate, at least 1). Any
+    /// burst reaches the rate; a server that enforces the same rate with no burst
+    /// refuses starts that come up to 2 ms early (see `Rate` and
+    /// examples/rate_accuracy.rs), which a burst of 10 ms of the rate absorbs.
     #[arg(long)]
     burst: Option<u32>,
     /// Retry-after mode: the server's rate limit, requests per second.

@@ -396,9 +396,8 @@ async fn a_pool_rate_is_shared_fairly_by_keys() {
 /// An interval that is not a whole number of timer ticks (300/s: 3.33 ms) is still
 /// reached with a burst of 2, whose tolerance absorbs the millisecond rounding of
 /// timers: 2 + 600 starts in 2 s, less at most one for rounding at the end, and
-/// never more than the bound in any window. (With burst 1 the bound cannot be
-/// reached on millisecond timers without exceeding it in some window: the pool
-/// then starts one job per 4 ms, 250/s.)
+/// never more than the bound in any window. (Burst 1 reaches it too, by giving
+/// back the timer's lateness: see the non-whole-millisecond tests below.)
 #[tokio::test(start_paused = true)]
 async fn a_fractional_millisecond_interval_is_reached_with_a_burst_of_two() {
     let rate = Rate::per_second(300).burst(2);
