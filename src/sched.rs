@@ -378,12 +378,15 @@ impl Sched {
         let Some(key) = key else {
             return Some(UNKEYED);
         };
-        if !self.key_room(key, reserved) {
-            return None;
-        }
         match self.by_key.get(key) {
-            Some(&li) => Some(li),
-            None => Some(self.create_lane(key)),
+            Some(&li) => {
+                let lane = self
+                    .lanes
+                    .get(li)
+                    .expect("taskgate bug: a key in the map has a lane");
+                (lane.queued.saturating_add(reserved) < lane.capacity).then_some(li)
+            }
+            None => self.key_room(key, reserved).then(|| self.create_lane(key)),
         }
     }
 
