@@ -145,8 +145,10 @@ impl Builder {
 
     /// The share of the pool's queue places that one [key](crate::Key) may hold
     /// when its [`KeyLimits::queue_capacity`](crate::KeyLimits::queue_capacity) is
-    /// not set: a key's queue takes at most `max(1, ⌊share × queue_capacity⌋)`
-    /// jobs (default 0.5, half of the queue). So a key that stalls (paused, capped,
+    /// not set: a key's queue takes at most
+    /// `max(1, ⌊share × (queue_capacity + workers)⌋)` jobs (default 0.5, half of
+    /// the places: the pool's queue admits `queue_capacity` jobs plus one per
+    /// free worker). So a key that stalls (paused, capped,
     /// waiting on its rate) cannot fill the queue and make every other key's
     /// `submit` wait: the rest stays for other keys and unkeyed jobs. `1.0` lets a
     /// key take the whole queue. A key's own `queue_capacity` replaces the share.
@@ -211,8 +213,6 @@ impl Builder {
         if !(share > 0.0 && share <= 1.0) {
             return Err(LimitError::InvalidQueueShare.into());
         }
-        // A float product of a usize, floored: exact enough for a share of places.
-        let key_capacity = ((capacity as f64 * share).floor() as usize).max(1);
         let name: Arc<str> = self.name.as_deref().unwrap_or("taskgate").into();
         Ok(Pool::from_inner(Arc::new(Inner::new(
             rt,
@@ -224,7 +224,7 @@ impl Builder {
             SchedConfig {
                 rate: self.rate,
                 key_limits: self.key_limits,
-                key_capacity,
+                key_share: share,
                 aging: self.aging.unwrap_or(Duration::from_secs(1)),
             },
         ))))

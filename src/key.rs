@@ -115,9 +115,11 @@ impl fmt::Display for Key {
 /// cancelled or times out while queued counts against none of them.
 ///
 /// Keys share the pool's queue: a key held back by its limits (or a pause) holds no
-/// worker, but its queued jobs take queue places. Set a `queue_capacity` when one
-/// key may stall for long, so that it cannot fill the pool's queue and make other
-/// keys' submissions wait.
+/// worker, but its queued jobs take queue places. Without a `queue_capacity` of its
+/// own, a key holds at most its share of the pool's places
+/// ([`Builder::key_queue_share`](crate::Builder::key_queue_share), half by
+/// default), so one stalled key cannot fill the queue and make other keys'
+/// submissions wait.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -148,7 +150,9 @@ pub struct KeyLimits {
     /// Jobs of the key start no faster than this.
     pub rate: Option<Rate>,
     /// At most this many jobs of the key wait in the queue; a submit beyond it waits
-    /// (or `try_submit` is refused) as when the pool's queue is full.
+    /// (or `try_submit` is refused) as when the pool's queue is full. Unset, the
+    /// key's share of the pool's places applies
+    /// ([`Builder::key_queue_share`](crate::Builder::key_queue_share)).
     pub queue_capacity: Option<usize>,
 }
 

@@ -45,8 +45,8 @@ pub(crate) struct Place<'a> {
 pub(crate) struct SchedConfig {
     pub(crate) rate: Option<Rate>,
     pub(crate) key_limits: KeyLimits,
-    /// A key's queue capacity when its limits set none (the key queue share).
-    pub(crate) key_capacity: usize,
+    /// The share of the pool's places a key may hold (`Builder::key_queue_share`).
+    pub(crate) key_share: f64,
     pub(crate) aging: std::time::Duration,
 }
 
@@ -156,10 +156,39 @@ impl State {
         t.rejected();
     }
 
-    /// Whether the pool's queue has a place that is not granted to a waiter.
+    /// The pool's places: its queue capacity plus a job per free worker.
+    fn places(&self, capacity: usize) -> usize {
+        capacity.saturating_add(self.target.saturating_sub(self.busy))
+    }
+
+    /// Whether the pool's queue has a place for a job pushed now. Places granted
+    /// to waiters do not count: a push takes one of those if it must, and the
+    /// grant goes back (`take_back`), so a waiter that was granted a place but is
+    /// not polled (a stream's pending submission while its consumer is busy)
+    /// cannot keep an idle pool from taking jobs.
     fn has_space(&self, capacity: usize) -> bool {
-        let free_workers = self.target.saturating_sub(self.busy);
-        self.sched.queued + self.waiters.granted < capacity.saturating_add(free_workers)
+        self.sched.queued < self.places(capacity)
+    }
+
+    /// Whether a place is left to grant to a waiter.
+    fn room_to_grant(&self, capacity: usize) -> bool {
+        self.sched.queued.saturating_add(self.waiters.granted) < self.places(capacity)
+    }
+
+    /// After a push (of a job of `key`) that took a place granted to a waiter,
+    /// takes back one grant: the youngest of the key's if its queue is now over,
+    /// else the youngest of all. So grants never exceed the places left.
+    fn take_back(&mut self, capacity: usize, key: Option<&Key>) {
+        if let Some(k) = key {
+            let reserved = self.waiters.granted_for(Some(k));
+            if reserved > 0 && !self.sched.key_room(k, reserved - 1) {
+                self.waiters.revoke(Some(k));
+                return;
+            }
+        }
+        if self.sched.queued + self.waiters.granted > self.places(capacity) {
+            self.waiters.revoke(None);
+        }
     }
 
     /// Hands places that may have freed to waiting submitters, oldest first among
@@ -173,10 +202,13 @@ impl State {
             }
             return;
         }
-        for key in std::mem::take(&mut self.sched.freed) {
+        let mut freed = std::mem::take(&mut self.sched.freed);
+        for key in freed.drain(..) {
             self.waiters.make_ready(Some(&key));
         }
-        while self.waiters.any_ready() && self.has_space(capacity) {
+        // Keeps the buffer.
+        self.sched.freed = freed;
+        while self.waiters.any_ready() && self.room_to_grant(capacity) {
             let sched = &self.sched;
             match self
                 .waiters
@@ -342,7 +374,9 @@ impl Inner {
                 sched: Sched::new(
                     sched.rate,
                     sched.key_limits,
-                    sched.key_capacity,
+                    sched.key_share,
+                    capacity,
+                    workers,
                     sched.aging,
                 ),
                 next_id: 1,
@@ -434,8 +468,7 @@ impl Inner {
         let gave_back = ticket.is_some_and(|t| st.waiters.step_out(t));
         let pool_room = st.has_space(self.capacity);
         let lane = if pool_room {
-            let reserved = st.waiters.granted_for(place.key);
-            st.sched.lane_for(place.key, reserved)
+            st.sched.lane_for(place.key, 0)
         } else {
             None
         };
@@ -443,15 +476,17 @@ impl Inner {
             // Refused by its key's queue, not the pool's.
             let key_full = pool_room;
             match waiting {
-                Waiting::Yes(t) => match *t {
-                    Some(t) => st.waiters.step_in(t, key_full),
-                    None => *t = Some(st.waiters.register(place.key, key_full)),
-                },
+                Waiting::Yes(t) => {
+                    match *t {
+                        Some(t) => st.waiters.step_in(t, key_full),
+                        None => *t = Some(st.waiters.register(place.key, key_full)),
+                    }
+                    if key_full && let Some(k) = place.key {
+                        st.sched.watch(k);
+                    }
+                }
                 Waiting::No => st.count_rejected(&self.telemetry),
                 Waiting::Probe => {}
-            }
-            if key_full && let Some(k) = place.key {
-                st.sched.watch(k);
             }
             let mut wakers = Vec::new();
             if gave_back {
@@ -482,12 +517,16 @@ impl Inner {
             },
             now,
         );
-        if !st.waiters.is_empty()
-            && let Some(k) = place.key
-            && st.waiters.blocked(k)
-        {
-            // A key whose waiters are held by its queue must report when it frees.
-            st.sched.watch(k);
+        if !st.waiters.is_empty() {
+            if st.waiters.granted > 0 {
+                st.take_back(self.capacity, place.key);
+            }
+            if let Some(k) = place.key
+                && st.waiters.blocked(k)
+            {
+                // A key whose waiters are held by its queue must report when it frees.
+                st.sched.watch(k);
+            }
         }
         let action = st.dispatch();
         let timer = st.timer_act();
@@ -869,6 +908,9 @@ impl Inner {
         {
             let mut st = self.lock();
             st.target = workers;
+            // A key's share of the places moves with the size.
+            st.sched.set_workers(workers);
+            st.waiters.make_all_ready();
             if st.live > workers {
                 // Wake idle workers so the surplus can exit; busy ones exit when
                 // their job ends. Running jobs are never interrupted.

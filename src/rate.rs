@@ -23,14 +23,17 @@ use crate::error::LimitError;
 /// lets two starts come up to ε closer than the interval. Where every start lands
 /// on time (on tokio's paused clock with an interval of whole milliseconds, and no
 /// other limit holding a job) nothing is given back and the exact bound
-/// `burst + n·t/period` holds.
+/// `burst + n·t/period` holds. (The lateness is counted from the theoretical
+/// arrival time of the start after the burst, so with a burst above 1 a start
+/// held by something else until within ε of that time is given it back too; the
+/// bound holds all the same.)
 ///
 /// **The rate is delivered.** A pool with more jobs queued than the rate lets
 /// start reaches the rate, with a burst of 1 as with any larger one: on the
 /// development machine, 1 000/s started 1 000/s and 20 000/s 99 % of it, with a
-/// burst of 1 (`examples/rate_accuracy.rs`, BENCHMARKS.md). A start held longer
-/// than ε by something else (a pause, a concurrency cap, busy workers) is charged
-/// from when it starts, as plain GCRA does.
+/// burst of 1 (`examples/rate_accuracy.rs`, BENCHMARKS.md). A start held by
+/// something else (a pause, a concurrency cap, busy workers) past ε after its
+/// theoretical arrival time is charged from when it starts, as plain GCRA does.
 ///
 /// A rate limits **starts**, not submissions: a job waits in the queue, holding no
 /// worker, until the rate allows it.

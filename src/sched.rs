@@ -119,7 +119,8 @@ struct Lane {
     watched: bool,
     gate: Gate,
     queues: Queues,
-    capacity: usize,
+    /// Its own queue capacity, if its limits set one (else the pool's key share).
+    capacity: Option<usize>,
     /// The timer set for this lane, if any.
     wake_at: Option<Instant>,
     key: Option<Key>,
@@ -127,14 +128,7 @@ struct Lane {
 }
 
 impl Lane {
-    /// `capacity`: its queue capacity unless `limits` set one.
-    fn new(
-        key: Option<Key>,
-        generation: u32,
-        limits: &KeyLimits,
-        capacity: usize,
-        queues: Queues,
-    ) -> Lane {
+    fn new(key: Option<Key>, generation: u32, limits: &KeyLimits, queues: Queues) -> Lane {
         Lane {
             key,
             generation,
@@ -145,7 +139,7 @@ impl Lane {
             blocked: false,
             watched: false,
             gate: Gate::new(limits.concurrency, limits.rate),
-            capacity: limits.queue_capacity.unwrap_or(capacity),
+            capacity: limits.queue_capacity,
             wake_at: None,
             counts: KeyCounts::default(),
         }
@@ -169,9 +163,9 @@ impl Lane {
         self.queues[p].pop_front()
     }
 
-    fn apply(&mut self, limits: &KeyLimits, capacity: usize) {
+    fn apply(&mut self, limits: &KeyLimits) {
         self.gate.concurrency.cap = limits.concurrency.unwrap_or(usize::MAX);
-        self.capacity = limits.queue_capacity.unwrap_or(capacity);
+        self.capacity = limits.queue_capacity;
         self.gate.rate = match (self.gate.rate, limits.rate) {
             (Some(mut g), Some(r)) => {
                 g.set_rate(r);
@@ -277,8 +271,11 @@ pub(crate) struct Sched {
     by_key: HashMap<Key, u32>,
     overrides: HashMap<Key, KeyLimits>,
     defaults: KeyLimits,
-    /// A key's queue capacity where its limits set none (the pool's key share).
+    /// A key's share of the pool's places, where its limits set no queue
+    /// capacity (from `key_share`, `queue_capacity` and the workers).
     key_capacity: usize,
+    key_share: f64,
+    queue_capacity: usize,
     /// Times at which a lane (or `POOL`) may become startable or collectable.
     wakeups: BTreeSet<(Instant, u32)>,
     /// Queue-timeout deadlines: (deadline, id, lane, priority at submit).
@@ -290,19 +287,15 @@ impl Sched {
     pub(crate) fn new(
         pool_rate: Option<Rate>,
         defaults: KeyLimits,
-        key_capacity: usize,
+        key_share: f64,
+        queue_capacity: usize,
+        workers: usize,
         aging_after: Duration,
     ) -> Sched {
-        Sched {
+        let mut sched = Sched {
             lanes: Slab {
                 // Unkeyed jobs have no queue of their own to fill.
-                unkeyed: Lane::new(
-                    None,
-                    0,
-                    &KeyLimits::default(),
-                    usize::MAX,
-                    Queues::default(),
-                ),
+                unkeyed: Lane::new(None, 0, &KeyLimits::default(), Queues::default()),
                 keyed: Vec::new(),
             },
             free: Vec::new(),
@@ -310,7 +303,9 @@ impl Sched {
             by_key: HashMap::new(),
             overrides: HashMap::new(),
             defaults,
-            key_capacity,
+            key_capacity: 1,
+            key_share,
+            queue_capacity,
             rings: Default::default(),
             aging: VecDeque::new(),
             aging_after,
@@ -324,7 +319,9 @@ impl Sched {
             deadlines: BTreeSet::new(),
             next_generation: 1,
             timer_dirty: false,
-        }
+        };
+        sched.set_workers(workers);
+        sched
     }
 
     fn lane(&mut self, li: u32) -> &mut Lane {
@@ -372,8 +369,7 @@ impl Sched {
     }
 
     /// The lane for a new job of `key`, created if needed; `None` if the key's
-    /// queue is full, counting `reserved` places granted to its waiting
-    /// submitters. Called only once the pool's queue has room.
+    /// queue is full (see `key_room`). Called only once the pool's queue has room.
     pub(crate) fn lane_for(&mut self, key: Option<&Key>, reserved: usize) -> Option<u32> {
         let Some(key) = key else {
             return Some(UNKEYED);
@@ -384,21 +380,40 @@ impl Sched {
                     .lanes
                     .get(li)
                     .expect("taskgate bug: a key in the map has a lane");
-                (lane.queued.saturating_add(reserved) < lane.capacity).then_some(li)
+                let cap = self.cap_of(lane.capacity);
+                (lane.queued.saturating_add(reserved) < cap).then_some(li)
             }
-            None => self.key_room(key, reserved).then(|| self.create_lane(key)),
+            None => {
+                let limits = self.limits_of(key);
+                let cap = self.cap_of(limits.queue_capacity);
+                (reserved < cap).then(|| self.create_lane_with(key, limits))
+            }
         }
     }
 
-    /// Whether `key`'s queue has a place beyond the `reserved` ones.
+    /// Whether `key`'s queue has a place beyond the `reserved` ones: its own queue
+    /// capacity, or its share of the pool's places (see `set_workers`).
     pub(crate) fn key_room(&self, key: &Key, reserved: usize) -> bool {
-        match self.by_key.get(key).and_then(|&li| self.lanes.get(li)) {
-            Some(lane) => lane.queued.saturating_add(reserved) < lane.capacity,
-            None => {
-                let cap = self.limits_of(key).queue_capacity;
-                reserved < cap.unwrap_or(self.key_capacity)
-            }
-        }
+        let (queued, own) = match self.by_key.get(key).and_then(|&li| self.lanes.get(li)) {
+            Some(lane) => (lane.queued, lane.capacity),
+            None => (0, self.limits_of(key).queue_capacity),
+        };
+        queued.saturating_add(reserved) < self.cap_of(own)
+    }
+
+    fn cap_of(&self, own: Option<usize>) -> usize {
+        own.unwrap_or(self.key_capacity)
+    }
+
+    /// Sets a key's share of the pool's places for `workers` workers:
+    /// `max(1, ⌊share × (queue_capacity + workers)⌋)`. The pool's queue admits
+    /// `queue_capacity` plus a job per free worker, so the workers count: with
+    /// `queue_capacity(0)` a key still gets its share of the workers, and a share
+    /// of 1 lets it take every place.
+    pub(crate) fn set_workers(&mut self, workers: usize) {
+        let places = self.queue_capacity.saturating_add(workers);
+        // A float product of a count, floored: exact enough for a share of places.
+        self.key_capacity = ((places as f64 * self.key_share).floor() as usize).max(1);
     }
 
     fn limits_of(&self, key: &Key) -> KeyLimits {
@@ -425,25 +440,22 @@ impl Sched {
 
     fn create_lane(&mut self, key: &Key) -> u32 {
         let limits = self.limits_of(key);
+        self.create_lane_with(key, limits)
+    }
+
+    fn create_lane_with(&mut self, key: &Key, limits: KeyLimits) -> u32 {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let lane = match self.spare.pop() {
             Some(mut lane) => {
                 let queues = std::mem::take(&mut lane.queues);
-                *lane = Lane::new(
-                    Some(key.clone()),
-                    generation,
-                    &limits,
-                    self.key_capacity,
-                    queues,
-                );
+                *lane = Lane::new(Some(key.clone()), generation, &limits, queues);
                 lane
             }
             None => Box::new(Lane::new(
                 Some(key.clone()),
                 generation,
                 &limits,
-                self.key_capacity,
                 Queues::default(),
             )),
         };
@@ -905,8 +917,7 @@ impl Sched {
             }
         };
         if let Some(&li) = self.by_key.get(&key) {
-            let capacity = self.key_capacity;
-            self.lane(li).apply(&applied, capacity);
+            self.lane(li).apply(&applied);
             self.unblock(li);
             self.collect(li, clock);
         }

@@ -21,7 +21,7 @@
 //! either queues its job, or gives the grant back when it leaves (dropped, timed
 //! out, closed out), and the place goes to the next waiter in line.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::task::Waker;
 
 use crate::key::Key;
@@ -77,6 +77,8 @@ pub(crate) struct Waiters {
     ready: BTreeMap<u64, Option<Key>>,
     /// Places reserved for granted waiters, pool-wide.
     pub(crate) granted: usize,
+    /// The granted waiters, by sequence number (to take back the youngest grant).
+    grants: BTreeSet<(u64, u32)>,
     /// Registrations alive (waiting, granted or out).
     alive: usize,
 }
@@ -206,6 +208,7 @@ impl Waiters {
             Turn::Out => false,
             Turn::Granted => {
                 self.granted -= 1;
+                self.grants.remove(&(t.seq, t.idx));
                 let g = self
                     .group_mut(key.as_ref())
                     .expect("a granted waiter's group");
@@ -255,14 +258,53 @@ impl Waiters {
         }
     }
 
+    /// Takes back the youngest grant (of `key`'s waiters, if `key` is given; of
+    /// any waiter otherwise): a submitter that did not wait took the place (see
+    /// `State::take_back`). The waiter goes back into its line, ahead of every
+    /// younger waiter, and finds out when it next polls. Returns its key.
+    pub(crate) fn revoke(&mut self, key: Option<&Key>) -> Option<Option<Key>> {
+        let entries = &self.entries;
+        let &(seq, idx) = self.grants.iter().rev().find(|&&(_, idx)| {
+            key.is_none()
+                || entries[idx as usize]
+                    .as_ref()
+                    .is_some_and(|e| e.key.as_ref() == key)
+        })?;
+        let t = Ticket { idx, seq };
+        let owner = self.entry_mut(t)?.key.clone();
+        self.step_out(t);
+        // Its group is made ready; if its key is full, `grant` finds out and has
+        // the key watched.
+        self.step_in(t, false);
+        Some(owner)
+    }
+
+    /// Every group with waiters goes back in the ready line (a key's share of
+    /// the places changed with the pool's size); `grant` finds out which keys are
+    /// full.
+    pub(crate) fn make_all_ready(&mut self) {
+        let keys: Vec<Key> = self
+            .keyed
+            .iter()
+            .filter(|(_, g)| g.ready.is_none() && g.waiting > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.make_ready(Some(&k));
+        }
+        self.make_ready(None);
+    }
+
     /// Ends a registration (its push succeeded, or its call ended). Returns
     /// whether it gave back a grant, so that the place must go to someone else.
     pub(crate) fn leave(&mut self, t: Ticket) -> bool {
+        if self.entry_mut(t).is_none() {
+            return false;
+        }
         let gave_back = self.step_out(t);
         let Some(e) = self.entries.get_mut(t.idx as usize).and_then(Option::take) else {
             return gave_back;
         };
-        debug_assert_eq!(e.seq, t.seq);
         self.free.push(t.idx);
         self.alive -= 1;
         if gave_back {
@@ -368,6 +410,7 @@ impl Waiters {
             g.waiting -= 1;
             g.granted += 1;
             self.granted += 1;
+            self.grants.insert((t.seq, t.idx));
             let e = entries[t.idx as usize].as_mut().expect("head is alive");
             e.turn = Turn::Granted;
             let waker = e.waker.take();
@@ -390,6 +433,7 @@ impl Waiters {
         if self.entries.len() > 1024 {
             self.entries = Vec::new();
             self.free = Vec::new();
+            self.grants = BTreeSet::new();
             self.keyed = HashMap::new();
             self.unkeyed = Group::default();
         }

@@ -1082,8 +1082,9 @@ async fn cancels_racing_workers_on_one_job_keys_are_counted_once() {
 // ---------------------------------------------------------------------------
 
 /// Key `a` is paused with 10 000 submitters waiting on it: by default it holds at
-/// most half of the pool's queue, so a key `b` submit is admitted at once and
-/// unkeyed jobs still flow. Fails if a stalled key can fill the pool's queue.
+/// most half of the pool's places (51 of 100 + 2 workers), so a key `b` submit is
+/// admitted at once and unkeyed jobs still flow. Fails if a stalled key can fill
+/// the pool's queue.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_key_with_10_000_waiters_leaves_room_for_others() {
     let pool = Pool::builder()
@@ -1101,9 +1102,9 @@ async fn a_stalled_key_with_10_000_waiters_leaves_room_for_others() {
     }
     settle().await;
     let a = pool.key_stats(&Key::from("a")).unwrap();
-    assert_eq!(a.queued, 50, "key a holds its share, half of the queue");
+    assert_eq!(a.queued, 51, "key a holds its share, half of the places");
     let admitted = waiters.iter().filter(|w| w.is_finished()).count();
-    assert_eq!(admitted, 50, "the other 9 950 submitters of key a wait");
+    assert_eq!(admitted, 51, "the other 9 949 submitters of key a wait");
 
     // Key b is admitted without waiting, and starts.
     let b = pool.job(async { 7 }).key("b").try_submit();
@@ -1118,7 +1119,7 @@ async fn a_stalled_key_with_10_000_waiters_leaves_room_for_others() {
     // Paused time moves on from timer to timer while the jobs run.
     tokio::time::sleep(HOUR / 2).await;
     assert_eq!(g.started(), 1_000, "{:?}", pool.stats());
-    assert_eq!(pool.key_stats(&Key::from("a")).unwrap().queued, 50);
+    assert_eq!(pool.key_stats(&Key::from("a")).unwrap().queued, 51);
 
     // When the pause ends, every waiter of key a gets in and runs.
     tokio::time::sleep(HOUR).await;
@@ -1130,20 +1131,23 @@ async fn a_stalled_key_with_10_000_waiters_leaves_room_for_others() {
     assert_accounted(&pool);
 }
 
-/// By default a key queues at most `⌊capacity / 2⌋` jobs; `try_submit` beyond that
-/// is refused for the key alone; `key_queue_share` and a key's own
-/// `queue_capacity` change the limit.
+/// By default a key queues at most `⌊(capacity + workers) / 2⌋` jobs (half of the
+/// places the pool's queue admits); `try_submit` beyond that is refused for the key
+/// alone; `key_queue_share` and a key's own `queue_capacity` change the limit. On
+/// a rendezvous pool (`queue_capacity(0)`) a key gets its share of the workers.
 #[tokio::test(start_paused = true)]
 async fn a_key_queues_at_most_its_share() {
-    for (share, own, expect) in [
-        (None, None, 5),
-        (Some(0.3), None, 3),
-        (Some(1.0), None, 10),
-        (Some(0.01), None, 1),
-        (None, Some(8), 8),
-        (Some(0.3), Some(2), 2),
+    for (workers, capacity, share, own, expect) in [
+        (1, 10, None, None, 5),
+        (1, 10, Some(0.3), None, 3),
+        (1, 10, Some(1.0), None, 11),
+        (1, 10, Some(0.01), None, 1),
+        (1, 10, None, Some(8), 8),
+        (1, 10, Some(0.3), Some(2), 2),
+        (4, 0, None, None, 2),
+        (4, 0, Some(1.0), None, 4),
     ] {
-        let mut b = Pool::builder().workers(1).queue_capacity(10);
+        let mut b = Pool::builder().workers(workers).queue_capacity(capacity);
         if let Some(s) = share {
             b = b.key_queue_share(s);
         }
@@ -1157,7 +1161,16 @@ async fn a_key_queues_at_most_its_share() {
             h.detach();
             n += 1;
         }
-        assert_eq!(n, expect, "share {share:?}, own capacity {own:?}");
+        assert_eq!(
+            n, expect,
+            "{workers} workers, queue {capacity}, share {share:?}, own capacity {own:?}"
+        );
+        if share == Some(1.0) {
+            // The whole queue: nothing else gets in.
+            assert!(pool.job(async {}).key("b").try_submit().is_err());
+            pool.abort();
+            continue;
+        }
         // The refusal is the key's: another key and unkeyed jobs get in.
         let b = pool.job(async { 1 }).key("b").try_submit();
         assert_eq!(b.ok().unwrap().await, Ok(1));

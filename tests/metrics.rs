@@ -3,6 +3,7 @@
 #![cfg(feature = "metrics")]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -51,11 +52,14 @@ async fn a_prometheus_scrape_shows_the_pools_metrics() {
     assert!(slow.is_err());
     // Fill both workers and the queue, then get refused once.
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let started = Arc::new(tokio::sync::Semaphore::new(0));
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut rx = rx.clone();
+        let started = started.clone();
         held.push(
             pool.submit(async move {
+                started.add_permits(1);
                 let _ = rx.wait_for(|&go| go).await;
             })
             .await
@@ -64,7 +68,10 @@ async fn a_prometheus_scrape_shows_the_pools_metrics() {
     }
     assert!(pool.try_submit(async {}).is_err());
     held.pop().unwrap().cancel(); // the queued one
-    tokio::task::yield_now().await;
+    // Both workers have begun their jobs (and counted their queue waits): a
+    // worker counts `busy` as it takes a job, and the wait just after.
+    let both = started.acquire_many(2).await.unwrap();
+    both.forget();
 
     let url = format!("http://{addr}/metrics");
     let client = reqwest::Client::new();

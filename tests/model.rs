@@ -1216,7 +1216,7 @@ impl Run {
                 let cap = m
                     .limits(k)
                     .queue_capacity
-                    .unwrap_or((self.setup.capacity / 2).max(1));
+                    .unwrap_or(((self.setup.capacity + target) / 2).max(1));
                 let ks = keys.iter().find(|(kk, _)| *kk == k).unwrap().1;
                 ks.is_none_or(|ks| ks.queued < cap)
             });
@@ -1289,12 +1289,14 @@ impl Run {
     }
 
     /// How many jobs key `k` may have queued: its own queue capacity, or by
-    /// default half of the pool's (`Builder::key_queue_share`'s default).
+    /// default half of the pool's places, queue and workers
+    /// (`Builder::key_queue_share`'s default).
     fn key_capacity(&self, k: &str) -> usize {
+        let target = self.world.target.load(SeqCst);
         let m = self.world.model.lock().unwrap();
         m.limits(k)
             .queue_capacity
-            .unwrap_or((self.setup.capacity / 2).max(1))
+            .unwrap_or(((self.setup.capacity + target) / 2).max(1))
     }
 
     /// Over every window of recorded starts, at most

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, poll};
 use support::*;
-use taskgate::{JobError, JobHandle, KeyLimits, Pool, PoolStreamExt, TrySubmitError};
+use taskgate::{JobBuilder, JobError, JobHandle, KeyLimits, Pool, PoolStreamExt, TrySubmitError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::advance;
@@ -523,9 +523,8 @@ async fn a_wait_that_runs_out_as_the_place_frees_admits_exactly_one_waiter() {
 
 /// The first of two waiters is granted a freed place and dropped before it runs
 /// again to use it (its submit future is polled by hand): the grant passes to the
-/// second waiter, which is admitted. Also a reservation holds: while the first
-/// waiter holds the place, `try_submit` is refused. For unkeyed waiters (a pool
-/// place) and keyed ones (a key-queue place).
+/// second waiter, which is admitted. For unkeyed waiters (a pool place) and keyed
+/// ones (a key-queue place).
 #[tokio::test(start_paused = true)]
 async fn a_waiter_dropped_after_its_grant_passes_the_place_on() {
     for key in [None, Some("c")] {
@@ -559,17 +558,6 @@ async fn a_waiter_dropped_after_its_grant_passes_the_place_on() {
 
         drop(q);
         assert_eq!(load(&pool), (1, 0), "q cancelled");
-        let mut probe = pool.job(async { 0 });
-        if let Some(k) = key {
-            probe = probe.key(k);
-        }
-        match probe.try_submit() {
-            Err(TrySubmitError::Full(_)) => {}
-            other => panic!(
-                "{key:?}: the freed place is reserved for w1, got {:?}",
-                other.map(|_| ())
-            ),
-        }
         // w1 was woken to use its place; it is dropped instead.
         drop(w1);
         assert!(w1_job_dropped.load(std::sync::atomic::Ordering::SeqCst));
@@ -581,6 +569,61 @@ async fn a_waiter_dropped_after_its_grant_passes_the_place_on() {
             Poll::Ready(Err(e)) => panic!("{key:?}: w2 refused: {e:?}"),
             Poll::Pending => panic!("{key:?}: w2 must get the place w1 gave back"),
         }
+    }
+}
+
+/// A grant does not hold an idle pool back: while the first of two waiters is
+/// granted a place but not yet polled (a stream's pending submission while its
+/// consumer is busy, say), a `try_submit` takes the place, and the grant goes
+/// back. The waiter stays first in line: the next place is its, not the second
+/// waiter's. For unkeyed waiters (a pool place) and keyed ones (a key place).
+#[tokio::test(start_paused = true)]
+async fn a_grant_not_yet_used_gives_way_to_a_submit_and_keeps_its_turn() {
+    for key in [None, Some("c")] {
+        let pool = match key {
+            None => keyed_pool(1, 1, 1),
+            Some(_) => keyed_pool(1, 100, 1),
+        };
+        let (running, _dropped) = pending_job();
+        let _r = pool.submit(running).await.unwrap();
+        settle().await;
+        let q = with_key(pool.job(async {}), key).submit().await.unwrap();
+        let mut w1 = pin!(with_key(pool.job(async { 1 }), key).submit());
+        let mut w2 = pin!(with_key(pool.job(async { 2 }), key).submit());
+        assert!(poll!(&mut w1).is_pending(), "w1 waits");
+        assert!(poll!(&mut w2).is_pending(), "w2 waits");
+
+        drop(q);
+        // The place is granted to w1, which has not run yet: a submit that does
+        // not wait takes it.
+        let probe = with_key(pool.job(async { 0 }), key).try_submit();
+        let probe = probe.unwrap_or_else(|_| panic!("{key:?}: an unused grant held the place"));
+        assert_eq!(load(&pool), (1, 1));
+        assert!(poll!(&mut w1).is_pending(), "{key:?}: w1's place was taken");
+        assert!(poll!(&mut w2).is_pending(), "{key:?}: w2 waits behind w1");
+
+        // The next place is w1's.
+        drop(probe);
+        let _h1 = match poll!(&mut w1) {
+            Poll::Ready(Ok(h)) => h,
+            other => panic!(
+                "{key:?}: w1 keeps its turn, got {:?}",
+                other.map(|r| r.map(|_| ()))
+            ),
+        };
+        assert!(poll!(&mut w2).is_pending(), "{key:?}: w2 still waits");
+    }
+}
+
+/// `b`, with `key` if there is one.
+fn with_key<'a, F>(b: JobBuilder<'a, F>, key: Option<&'static str>) -> JobBuilder<'a, F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match key {
+        Some(k) => b.key(k),
+        None => b,
     }
 }
 
@@ -904,4 +947,53 @@ async fn unkeyed_waiters_flow_past_many_waiters_of_a_paused_key() {
     assert_eq!(s.completed, 3 + 2 * N as u64, "{s:?}");
     assert_eq!(s.rejected, 0);
     assert_accounted(&pool);
+}
+
+/// A `map_pooled` consumer that submits to the same pool from its loop body does
+/// not hang: the stream's pending submission, granted a place while the consumer
+/// is busy in the body (so not polled), must not keep that place from the body's
+/// own `run`. (Found in review: with grants as hard reservations this hung.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_map_pooled_consumer_can_submit_from_its_loop_body() {
+    async fn sleep_job(d: Duration) {
+        tokio::time::sleep(d).await
+    }
+    let pool = Pool::builder()
+        .workers(1)
+        .queue_capacity(0)
+        .build()
+        .unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Duration>();
+    let p = pool.clone();
+    let consumer = tokio::spawn(async move {
+        let mut s = rx.map_pooled(&p, sleep_job).window(2);
+        let mut n = 0;
+        while let Some(r) = s.next().await {
+            r.unwrap();
+            // Some work between items, then a follow-up job on the same pool.
+            tokio::time::sleep(20 * MS).await;
+            let follow_up = tokio::time::timeout(Duration::from_secs(10), p.run(async {}));
+            if follow_up.await.is_err() {
+                return Err(n);
+            }
+            n += 1;
+        }
+        Ok(n)
+    });
+    tx.unbounded_send(10 * MS).unwrap(); // the first item: accepted, runs 10 ms
+    settle().await;
+    // Another submitter waits first (the worker is busy, there is no queue).
+    let p2 = pool.clone();
+    let r0 = tokio::spawn(async move { p2.submit(sleep_job(5 * MS)).await.map(|_| ()) });
+    settle().await;
+    tx.unbounded_send(10 * MS).unwrap(); // the second item: waits behind r0
+    settle().await;
+    drop(tx);
+    let out = consumer.await.unwrap();
+    assert!(r0.await.unwrap().is_ok());
+    assert_eq!(
+        out,
+        Ok(2),
+        "the consumer's follow-up run hung after {out:?} items"
+    );
 }
