@@ -4,10 +4,12 @@
 //! and sleeps. When a place may have freed, the pool calls `State::grant`, which
 //! hands the freed places, one by one, to the **oldest waiter that can use one**:
 //! the pool's queue has room (counting places already granted), and so does the
-//! waiter's key queue (counting that key's grants). A grant is a reservation: the
-//! place is held for that waiter, so no later submitter can take it, and the waiter
-//! is woken to queue its job with it. A waiter that cannot use a freed place (its
-//! key queue is full) is passed over and stays first in line for its key.
+//! waiter's key queue (counting that key's grants). A grant earmarks the place, so
+//! that it is granted once, and the waiter is woken to queue its job with it. A
+//! push that does not wait may still take an earmarked place; then the youngest
+//! grant is taken back (`revoke`), and its waiter, back in line with its old
+//! sequence number, gets the next place. A waiter that cannot use a freed place
+//! (its key queue is full) is passed over and stays first in line for its key.
 //!
 //! Waiters are grouped by key. A group whose key queue is full is *blocked*: it
 //! leaves the line of ready groups, and its lane is marked so that the scheduler
@@ -18,8 +20,9 @@
 //! No waiter is stranded: whenever the lock is released, every waiter that has not
 //! been granted a place is refused by the pool's queue (no room after the grants),
 //! or by its key's queue (and its group is blocked and watched). A granted waiter
-//! either queues its job, or gives the grant back when it leaves (dropped, timed
-//! out, closed out), and the place goes to the next waiter in line.
+//! either queues its job; or gives the grant back when it leaves (dropped, timed
+//! out, closed out), and the place goes to the next waiter in line; or has it
+//! taken back by a push that took the place, and is first in line again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::task::Waker;
