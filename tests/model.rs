@@ -259,8 +259,8 @@ impl Log {
 /// GCRA, as documented for [`Rate`]: a start at `now` conforms when
 /// `now >= tat - interval × (burst - 1)`, and moves `tat` to `max(tat, now) + interval`,
 /// except that a job queued by the time its start became due that starts at most
-/// `LATENESS` after `tat` moves it to `tat + interval` (the timer's lateness is
-/// given back).
+/// `LATE_WINDOW` after `tat` moves it to `max(tat, now - LATENESS) + interval` (up
+/// to `LATENESS` of the timer's lateness is given back).
 fn conforms_from(r: Rate, tat: Option<Instant>) -> Option<Instant> {
     let tolerance = r
         .interval()
@@ -275,8 +275,8 @@ fn take(r: Rate, tat: Option<Instant>, now: Instant, since: Instant) -> Option<I
         None => now,
         Some(t) => {
             let waited = conforms_from(r, tat).is_some_and(|due| since <= due);
-            if waited && now.saturating_duration_since(t) <= LATENESS {
-                t
+            if waited && now.saturating_duration_since(t) <= LATE_WINDOW {
+                t.max(now.checked_sub(LATENESS).unwrap_or(now))
             } else {
                 t.max(now)
             }
@@ -288,6 +288,8 @@ fn take(r: Rate, tat: Option<Instant>, now: Instant, since: Instant) -> Option<I
 /// How late a rate's timer may fire: the `ε` of the documented bound
 /// `burst + (t + ε) / interval`, and the most lateness a start is given back.
 const LATENESS: Duration = Duration::from_millis(2);
+/// A start later than this after `tat` gets nothing back.
+const LATE_WINDOW: Duration = Duration::from_millis(10);
 
 /// The model's view of one key.
 #[derive(Default)]
