@@ -468,7 +468,7 @@ impl Inner {
         let gave_back = ticket.is_some_and(|t| st.waiters.step_out(t));
         let pool_room = st.has_space(self.capacity);
         let lane = if pool_room {
-            st.sched.lane_for(place.key, 0)
+            st.sched.lane_for(place.key)
         } else {
             None
         };

@@ -369,8 +369,10 @@ impl Sched {
     }
 
     /// The lane for a new job of `key`, created if needed; `None` if the key's
-    /// queue is full (see `key_room`). Called only once the pool's queue has room.
-    pub(crate) fn lane_for(&mut self, key: Option<&Key>, reserved: usize) -> Option<u32> {
+    /// queue is full (see `key_room`; places granted to the key's waiters do not
+    /// count: a push may take one, and the pool takes a grant back). Called only
+    /// once the pool's queue has room.
+    pub(crate) fn lane_for(&mut self, key: Option<&Key>) -> Option<u32> {
         let Some(key) = key else {
             return Some(UNKEYED);
         };
@@ -381,12 +383,12 @@ impl Sched {
                     .get(li)
                     .expect("taskgate bug: a key in the map has a lane");
                 let cap = self.cap_of(lane.capacity);
-                (lane.queued.saturating_add(reserved) < cap).then_some(li)
+                (lane.queued < cap).then_some(li)
             }
             None => {
                 let limits = self.limits_of(key);
                 let cap = self.cap_of(limits.queue_capacity);
-                (reserved < cap).then(|| self.create_lane_with(key, limits))
+                (cap > 0).then(|| self.create_lane_with(key, limits))
             }
         }
     }
