@@ -67,14 +67,44 @@ struct Group {
     ready: Option<u64>,
 }
 
+/// The groups: the unkeyed waiters' and one per key with waiters.
+#[derive(Default)]
+struct Groups {
+    unkeyed: Group,
+    keyed: HashMap<Key, Group>,
+}
+
+impl Groups {
+    fn get(&self, key: Option<&Key>) -> Option<&Group> {
+        match key {
+            None => Some(&self.unkeyed),
+            Some(k) => self.keyed.get(k),
+        }
+    }
+
+    fn get_mut(&mut self, key: Option<&Key>) -> Option<&mut Group> {
+        match key {
+            None => Some(&mut self.unkeyed),
+            Some(k) => self.keyed.get_mut(k),
+        }
+    }
+
+    /// The group of `key`, made if it has none.
+    fn entry(&mut self, key: Option<&Key>) -> &mut Group {
+        match key {
+            None => &mut self.unkeyed,
+            Some(k) => self.keyed.entry(k.clone()).or_default(),
+        }
+    }
+}
+
 /// The submitters waiting for queue space, under the pool's lock.
 #[derive(Default)]
 pub(crate) struct Waiters {
     entries: Vec<Option<Entry>>,
     free: Vec<u32>,
     next_seq: u64,
-    unkeyed: Group,
-    keyed: HashMap<Key, Group>,
+    groups: Groups,
     /// Groups with a waiter whose key queue is not known to be full, by the
     /// sequence number of their oldest waiter.
     ready: BTreeMap<u64, Option<Key>>,
@@ -112,7 +142,8 @@ impl Waiters {
 
     /// Whether `key` has waiters held by its full queue.
     pub(crate) fn blocked(&self, key: &Key) -> bool {
-        self.keyed
+        self.groups
+            .keyed
             .get(key)
             .is_some_and(|g| g.waiting > 0 && g.ready.is_none())
     }
@@ -122,21 +153,7 @@ impl Waiters {
         if self.granted == 0 {
             return 0;
         }
-        self.group(key).map_or(0, |g| g.granted)
-    }
-
-    fn group(&self, key: Option<&Key>) -> Option<&Group> {
-        match key {
-            None => Some(&self.unkeyed),
-            Some(k) => self.keyed.get(k),
-        }
-    }
-
-    fn group_mut(&mut self, key: Option<&Key>) -> Option<&mut Group> {
-        match key {
-            None => Some(&mut self.unkeyed),
-            Some(k) => self.keyed.get_mut(k),
-        }
+        self.groups.get(key).map_or(0, |g| g.granted)
     }
 
     /// Registers a refused submitter at the back of its key's line. `key_full`:
@@ -164,10 +181,7 @@ impl Waiters {
         };
         self.alive += 1;
         let t = Ticket { idx, seq };
-        let g = match key {
-            None => &mut self.unkeyed,
-            Some(k) => self.keyed.entry(k.clone()).or_default(),
-        };
+        let g = self.groups.entry(key);
         g.line.push_back(t);
         g.waiting += 1;
         if !key_full && g.ready.is_none() {
@@ -213,17 +227,15 @@ impl Waiters {
                 self.granted -= 1;
                 self.grants.remove(&(t.seq, t.idx));
                 let g = self
-                    .group_mut(key.as_ref())
+                    .groups
+                    .get_mut(key.as_ref())
                     .expect("a granted waiter's group");
                 g.granted -= 1;
                 true
             }
             Turn::Waiting => {
                 let entries = &self.entries;
-                let g = match key.as_ref() {
-                    None => &mut self.unkeyed,
-                    Some(k) => self.keyed.get_mut(k).expect("a waiter's group"),
-                };
+                let g = self.groups.get_mut(key.as_ref()).expect("a waiter's group");
                 g.waiting -= 1;
                 // Entries that left stay in the line until they reach its front;
                 // drop them in bulk once they could outnumber the waiting ones.
@@ -245,10 +257,7 @@ impl Waiters {
         debug_assert!(e.turn == Turn::Out);
         e.turn = Turn::Waiting;
         let key = e.key.clone();
-        let g = match key.as_ref() {
-            None => &mut self.unkeyed,
-            Some(k) => self.keyed.entry(k.clone()).or_default(),
-        };
+        let g = self.groups.entry(key.as_ref());
         // Its old place may still be in the line (entries that leave stay there
         // until they reach the front).
         let at = g.line.partition_point(|x| x.seq < t.seq);
@@ -287,6 +296,7 @@ impl Waiters {
     /// full.
     pub(crate) fn make_all_ready(&mut self) {
         let keys: Vec<Key> = self
+            .groups
             .keyed
             .iter()
             .filter(|(_, g)| g.ready.is_none() && g.waiting > 0)
@@ -325,10 +335,7 @@ impl Waiters {
     /// has waiters.
     pub(crate) fn make_ready(&mut self, key: Option<&Key>) {
         let entries = &self.entries;
-        let Some(g) = (match key {
-            None => Some(&mut self.unkeyed),
-            Some(k) => self.keyed.get_mut(k),
-        }) else {
+        let Some(g) = self.groups.get_mut(key) else {
             return;
         };
         let Some(h) = head(g, entries) else {
@@ -350,10 +357,7 @@ impl Waiters {
     /// under which the group is ready, re-file the group under its new head.
     fn refresh(&mut self, key: Option<&Key>, t: Ticket) {
         let entries = &self.entries;
-        let Some(g) = (match key {
-            None => Some(&mut self.unkeyed),
-            Some(k) => self.keyed.get_mut(k),
-        }) else {
+        let Some(g) = self.groups.get_mut(key) else {
             return;
         };
         if g.ready != Some(t.seq) {
@@ -371,11 +375,12 @@ impl Waiters {
     fn forget_if_empty(&mut self, key: Option<&Key>) {
         let Some(k) = key else { return };
         if self
+            .groups
             .keyed
             .get(k)
             .is_some_and(|g| g.waiting == 0 && g.granted == 0)
         {
-            let g = self.keyed.remove(k).expect("checked");
+            let g = self.groups.keyed.remove(k).expect("checked");
             if let Some(s) = g.ready {
                 self.ready.remove(&s);
             }
@@ -392,12 +397,8 @@ impl Waiters {
                 return Granted::None;
             };
             let entries = &mut self.entries;
-            let g = match key.as_ref() {
-                None => &mut self.unkeyed,
-                Some(k) => match self.keyed.get_mut(k) {
-                    Some(g) => g,
-                    None => continue,
-                },
+            let Some(g) = self.groups.get_mut(key.as_ref()) else {
+                continue;
             };
             debug_assert_eq!(g.ready, Some(seq));
             g.ready = None;
@@ -437,8 +438,7 @@ impl Waiters {
             self.entries = Vec::new();
             self.free = Vec::new();
             self.grants = BTreeSet::new();
-            self.keyed = HashMap::new();
-            self.unkeyed = Group::default();
+            self.groups = Groups::default();
         }
     }
 }

@@ -521,6 +521,21 @@ async fn a_wait_that_runs_out_as_the_place_frees_admits_exactly_one_waiter() {
     }
 }
 
+/// A pool with one worker, busy with a job that never ends, and its one place
+/// taken by a queued job `q` (of `key`, whose queue it then fills: key queues
+/// hold one job). Freeing a place means dropping `q`.
+async fn one_place_taken(key: Option<&'static str>) -> (Pool, JobHandle<()>, JobHandle<()>) {
+    let pool = match key {
+        None => keyed_pool(1, 1, 1),
+        Some(_) => keyed_pool(1, 100, 1),
+    };
+    let (running, _dropped) = pending_job();
+    let r = pool.submit(running).await.unwrap();
+    settle().await;
+    let q = with_key(pool.job(async {}), key).submit().await.unwrap();
+    (pool, r, q)
+}
+
 /// The first of two waiters is granted a freed place and dropped before it runs
 /// again to use it (its submit future is polled by hand): the grant passes to the
 /// second waiter, which is admitted. For unkeyed waiters (a pool place) and keyed
@@ -528,18 +543,7 @@ async fn a_wait_that_runs_out_as_the_place_frees_admits_exactly_one_waiter() {
 #[tokio::test(start_paused = true)]
 async fn a_waiter_dropped_after_its_grant_passes_the_place_on() {
     for key in [None, Some("c")] {
-        let pool = match key {
-            None => keyed_pool(1, 1, 1),
-            Some(_) => keyed_pool(1, 100, 1),
-        };
-        let (running, _dropped) = pending_job();
-        let _r = pool.submit(running).await.unwrap();
-        settle().await;
-        let mut q = pool.job(async {});
-        if let Some(k) = key {
-            q = q.key(k);
-        }
-        let q = q.submit().await.unwrap();
+        let (pool, _r, q) = one_place_taken(key).await;
         assert_eq!(load(&pool), (1, 1));
         let (flag, w1_job_dropped) = drop_flag();
         let mut j1 = pool.job(async move {
@@ -580,14 +584,7 @@ async fn a_waiter_dropped_after_its_grant_passes_the_place_on() {
 #[tokio::test(start_paused = true)]
 async fn a_grant_not_yet_used_gives_way_to_a_submit_and_keeps_its_turn() {
     for key in [None, Some("c")] {
-        let pool = match key {
-            None => keyed_pool(1, 1, 1),
-            Some(_) => keyed_pool(1, 100, 1),
-        };
-        let (running, _dropped) = pending_job();
-        let _r = pool.submit(running).await.unwrap();
-        settle().await;
-        let q = with_key(pool.job(async {}), key).submit().await.unwrap();
+        let (pool, _r, q) = one_place_taken(key).await;
         let mut w1 = pin!(with_key(pool.job(async { 1 }), key).submit());
         let mut w2 = pin!(with_key(pool.job(async { 2 }), key).submit());
         assert!(poll!(&mut w1).is_pending(), "w1 waits");
@@ -632,18 +629,7 @@ where
 #[tokio::test(start_paused = true)]
 async fn an_aborted_waiter_task_passes_its_grant_on() {
     for key in [None, Some("c")] {
-        let pool = match key {
-            None => keyed_pool(1, 1, 1),
-            Some(_) => keyed_pool(1, 100, 1),
-        };
-        let (running, _dropped) = pending_job();
-        let _r = pool.submit(running).await.unwrap();
-        settle().await;
-        let mut q = pool.job(async {});
-        if let Some(k) = key {
-            q = q.key(k);
-        }
-        let q = q.submit().await.unwrap();
+        let (pool, _r, q) = one_place_taken(key).await;
         let w1 = waiter(&pool, key, None, async { 1 }).await;
         let w2 = waiter(&pool, key, Some(5 * MS), async { 2 }).await;
         assert!(!w1.is_finished() && !w2.is_finished());
