@@ -175,20 +175,23 @@ impl State {
         self.sched.queued.saturating_add(self.waiters.granted) < self.places(capacity)
     }
 
-    /// After a push (of a job of `key`) that took a place granted to a waiter,
-    /// takes back one grant: the youngest of the key's if its queue is now over,
-    /// else the youngest of all. So grants never exceed the places left.
-    fn take_back(&mut self, capacity: usize, key: Option<&Key>) {
+    /// After a push (of a job of `key`), takes back one grant if the grants no
+    /// longer fit: the youngest of the key's if its queue is over (the push took
+    /// a place earmarked for the key, or the key's cap was lowered since the
+    /// grants were made), else the youngest of all if the pool is over. Returns
+    /// whether it took one back: the place that frees may then fit another
+    /// waiter, so the caller grants again.
+    fn take_back(&mut self, capacity: usize, key: Option<&Key>) -> bool {
         if let Some(k) = key {
             let reserved = self.waiters.granted_for(Some(k));
             if reserved > 0 && !self.sched.key_room(k, reserved - 1) {
-                self.waiters.revoke(Some(k));
-                return;
+                return self.waiters.revoke(Some(k)).is_some();
             }
         }
         if self.sched.queued + self.waiters.granted > self.places(capacity) {
-            self.waiters.revoke(None);
+            return self.waiters.revoke(None).is_some();
         }
+        false
     }
 
     /// Hands places that may have freed to waiting submitters, oldest first among
@@ -517,9 +520,10 @@ impl Inner {
             },
             now,
         );
+        let mut wakers = Vec::new();
         if !st.waiters.is_empty() {
-            if st.waiters.granted > 0 {
-                st.take_back(self.capacity, place.key);
+            if st.waiters.granted > 0 && st.take_back(self.capacity, place.key) {
+                st.grant(self.capacity, &mut wakers);
             }
             if let Some(k) = place.key
                 && st.waiters.blocked(k)
@@ -536,6 +540,7 @@ impl Inner {
             self.act(a);
         }
         self.timer(timer);
+        wakers.into_iter().for_each(Waker::wake);
         Ok(Pos { id, lane, prio })
     }
 

@@ -983,3 +983,43 @@ async fn a_map_pooled_consumer_can_submit_from_its_loop_body() {
         "the consumer's follow-up run hung after {out:?} items"
     );
 }
+
+/// A grant taken back because its key's cap was lowered after it was made frees a
+/// pool place, and that place goes to another waiter that can use it at once.
+/// (Found in review: the place was left to no one until the next event.)
+#[tokio::test(start_paused = true)]
+async fn a_grant_taken_back_after_a_key_cap_was_lowered_goes_to_another_waiter() {
+    let pool = Pool::builder()
+        .workers(1)
+        .queue_capacity(2)
+        .build()
+        .unwrap();
+    let (running, _dropped) = pending_job();
+    let _r = pool.submit(running).await.unwrap();
+    settle().await;
+    pool.set_key_limits("b", KeyLimits::default().queue_capacity(3))
+        .unwrap();
+    let q1 = pool.try_submit(async {}).unwrap_or_else(|_| panic!("room"));
+    let q2 = pool.try_submit(async {}).unwrap_or_else(|_| panic!("room"));
+    let mut wb1 = pin!(pool.job(async {}).key("b").submit());
+    let mut wb2 = pin!(pool.job(async {}).key("b").submit());
+    let mut wu = pin!(pool.job(async {}).submit());
+    assert!(poll!(&mut wb1).is_pending());
+    assert!(poll!(&mut wb2).is_pending());
+    assert!(poll!(&mut wu).is_pending());
+    // Two places free: granted to wb1 and wb2, the oldest.
+    drop((q1, q2));
+    // Key b may now queue one job only.
+    pool.set_key_limits("b", KeyLimits::default().queue_capacity(1))
+        .unwrap();
+    let _hb1 = match poll!(&mut wb1) {
+        Poll::Ready(r) => r.unwrap(),
+        Poll::Pending => panic!("wb1 holds a grant"),
+    };
+    // wb2's grant went back (key b is full); its place fits the unkeyed waiter.
+    assert!(poll!(&mut wb2).is_pending());
+    match poll!(&mut wu) {
+        Poll::Ready(r) => drop(r.unwrap()),
+        Poll::Pending => panic!("stranded: {:?}", pool.stats()),
+    }
+}
