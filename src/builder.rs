@@ -148,10 +148,11 @@ impl Builder {
     /// not set: a key's queue takes at most
     /// `max(1, ⌊share × (queue_capacity + workers)⌋)` jobs (default 0.5, half of
     /// the places: the pool's queue admits `queue_capacity` jobs plus one per
-    /// free worker). So a key that stalls (paused, capped,
-    /// waiting on its rate) cannot fill the queue and make every other key's
-    /// `submit` wait: the rest stays for other keys and unkeyed jobs. `1.0` lets a
-    /// key take the whole queue. A key's own `queue_capacity` replaces the share.
+    /// free worker). So a key that stalls (paused, capped, waiting on its rate)
+    /// cannot fill the queue and make every other key's `submit` wait: the rest
+    /// stays for other keys and unkeyed jobs. `1.0` lets a key take every place.
+    /// A key's own `queue_capacity` replaces the share. [`Pool::resize`](crate::Pool::resize)
+    /// recomputes it for the new number of workers.
     ///
     /// A share that is not in `(0, 1]` (zero, negative, above 1, NaN) makes
     /// [`build`](Builder::build) fail with [`LimitError::InvalidQueueShare`](crate::LimitError::InvalidQueueShare)
@@ -160,7 +161,7 @@ impl Builder {
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), taskgate::BuildError> {
-    /// // 100 queue places; no key may hold more than 25 of them.
+    /// // 100 queue places plus 4 workers; no key may queue more than 26 jobs.
     /// let pool = taskgate::Pool::builder()
     ///     .workers(4)
     ///     .queue_capacity(100)

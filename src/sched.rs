@@ -385,11 +385,8 @@ impl Sched {
                 let cap = self.cap_of(lane.capacity);
                 (lane.queued < cap).then_some(li)
             }
-            None => {
-                let limits = self.limits_of(key);
-                let cap = self.cap_of(limits.queue_capacity);
-                (cap > 0).then(|| self.create_lane_with(key, limits))
-            }
+            // Nothing of the key is queued, and every cap is at least 1.
+            None => Some(self.create_lane(key)),
         }
     }
 
@@ -442,10 +439,6 @@ impl Sched {
 
     fn create_lane(&mut self, key: &Key) -> u32 {
         let limits = self.limits_of(key);
-        self.create_lane_with(key, limits)
-    }
-
-    fn create_lane_with(&mut self, key: &Key, limits: KeyLimits) -> u32 {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let lane = match self.spare.pop() {
