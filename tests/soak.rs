@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use taskgate::{JobError, Pool};
 
+mod support;
+use support::Rng;
+
 const WORKERS: usize = 16;
 const PRODUCERS: u64 = 32;
 
@@ -25,16 +28,6 @@ fn rss_bytes() -> u64 {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .map_or(0, |kib| kib * 1024)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

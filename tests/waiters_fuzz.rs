@@ -18,19 +18,6 @@ use taskgate::{JobHandle, KeyLimits, Pool};
 
 type W = Pin<Box<dyn Future<Output = Option<JobHandle<()>>>>>;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const KEYS: [Option<&str>; 3] = [None, Some("a"), Some("b")];
 
 fn waiter(pool: &Pool, key: Option<&'static str>, ms: u64) -> W {

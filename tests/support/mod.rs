@@ -225,3 +225,21 @@ pub fn assert_within_rate_eps(
         }
     }
 }
+
+/// xorshift64: a small deterministic generator for randomized tests (the same seed
+/// gives the same sequence on every machine).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
