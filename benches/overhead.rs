@@ -13,7 +13,6 @@
 //! the floor. Run: `cargo bench --bench overhead -- keyed/`.
 
 use std::future::Future;
-use std::hint::black_box;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -21,50 +20,15 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
 use taskgate::{Key, KeyLimits, Rate};
-use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 const N: usize = 100_000;
 const K: usize = 64;
 
-#[derive(Clone, Copy, Debug)]
-enum Load {
-    Noop,
-    Yield,
-    Cpu,
-}
-
-impl Load {
-    fn name(self) -> &'static str {
-        match self {
-            Load::Noop => "noop",
-            Load::Yield => "yield",
-            Load::Cpu => "cpu",
-        }
-    }
-}
-
-/// One job of the given workload.
-async fn job(load: Load, i: usize) -> usize {
-    match load {
-        Load::Noop => black_box(i),
-        Load::Yield => {
-            tokio::task::yield_now().await;
-            black_box(i)
-        }
-        Load::Cpu => {
-            // About 1 µs of arithmetic.
-            let mut h = i as u64;
-            for _ in 0..300 {
-                h = black_box(
-                    h.wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407),
-                );
-            }
-            (h & 1) as usize
-        }
-    }
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{BoxJob, Load, job, mutex_mpsc_workers};
 
 fn pool() -> taskgate::Pool {
     taskgate::Pool::builder().workers(K).build().unwrap()
@@ -203,27 +167,11 @@ async fn tower_buffer_limit(load: Load) -> usize {
     sum
 }
 
-type BoxJob = (
-    Pin<Box<dyn Future<Output = usize> + Send>>,
-    oneshot::Sender<usize>,
-);
-
 /// The floor: K worker tasks sharing one receiver, a oneshot per job, no
 /// cancellation, timeouts or stats.
 async fn hand_rolled(load: Load) -> usize {
     let (tx, rx) = mpsc::channel::<BoxJob>(K * 10);
-    let rx = Arc::new(Mutex::new(rx));
-    let mut workers = Vec::with_capacity(K);
-    for _ in 0..K {
-        let rx = rx.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let next = rx.lock().await.recv().await;
-                let Some((fut, reply)) = next else { break };
-                let _ = reply.send(fut.await);
-            }
-        }));
-    }
+    let workers = mutex_mpsc_workers(rx, K);
     let mut replies = Vec::with_capacity(N);
     for i in 0..N {
         let (otx, orx) = oneshot::channel();

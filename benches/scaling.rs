@@ -26,13 +26,12 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::hint::black_box;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Jobs per iteration.
@@ -48,31 +47,9 @@ const CALLERS: usize = 256;
 /// Runtime worker threads measured when `SCALING_THREADS` is unset.
 const DEFAULT_THREADS: [usize; 5] = [1, 2, 4, 8, 16];
 
-#[derive(Clone, Copy, Debug)]
-enum Load {
-    Noop,
-    Yield,
-}
-
-impl Load {
-    fn name(self) -> &'static str {
-        match self {
-            Load::Noop => "noop",
-            Load::Yield => "yield",
-        }
-    }
-}
-
-/// One job of the given workload (the same shapes as `benches/overhead.rs`).
-async fn job(load: Load, i: usize) -> usize {
-    match load {
-        Load::Noop => black_box(i),
-        Load::Yield => {
-            tokio::task::yield_now().await;
-            black_box(i)
-        }
-    }
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{BoxJob, Load, job, mutex_mpsc_workers};
 
 // ---------------------------------------------------------------------------
 // The two shapes, generic over the approach.
@@ -173,11 +150,6 @@ async fn taskgate_callers(load: Load) -> usize {
 // oneshot per job; no cancellation, timeouts or stats.
 // ---------------------------------------------------------------------------
 
-type BoxJob = (
-    Pin<Box<dyn Future<Output = usize> + Send>>,
-    oneshot::Sender<usize>,
-);
-
 fn boxed(load: Load, i: usize) -> (BoxJob, oneshot::Receiver<usize>) {
     let (tx, rx) = oneshot::channel();
     ((Box::pin(job(load, i)), tx), rx)
@@ -226,20 +198,7 @@ struct MutexMpsc(mpsc::Sender<BoxJob>);
 impl Enqueue for MutexMpsc {
     fn start() -> (Self, Vec<JoinHandle<()>>) {
         let (tx, rx) = mpsc::channel::<BoxJob>(Q);
-        let rx = Arc::new(Mutex::new(rx));
-        let workers = (0..K)
-            .map(|_| {
-                let rx = rx.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let next = rx.lock().await.recv().await;
-                        let Some((fut, reply)) = next else { break };
-                        let _ = reply.send(fut.await);
-                    }
-                })
-            })
-            .collect();
-        (MutexMpsc(tx), workers)
+        (MutexMpsc(tx), mutex_mpsc_workers(rx, K))
     }
     async fn enqueue(&self, job: BoxJob) {
         if self.0.send(job).await.is_err() {
