@@ -289,14 +289,21 @@ impl<W, T> Task<W, T> {
         timeout: Option<Duration>,
         submitted: Instant,
     ) -> Self {
-        let current = Span::current();
+        // The parent only matters to the job's own `taskgate.job` span, which is at
+        // DEBUG level: skip the lookup when that level is off.
+        let parent = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            let current = Span::current();
+            (!current.is_none()).then(|| Box::new(current))
+        } else {
+            None
+        };
         Task {
             work: Some(work),
             sleep: None,
             shared,
             timeout,
             submitted,
-            parent: (!current.is_none()).then(|| Box::new(current)),
+            parent,
             lingering: false,
             outcome: Outcome::Completed,
         }

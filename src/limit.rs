@@ -28,6 +28,11 @@ impl Clock {
     pub(crate) fn at(now: Instant) -> Clock {
         Clock(Some(now))
     }
+
+    /// The time read so far, if anything needed it.
+    pub(crate) fn read(&self) -> Option<Instant> {
+        self.0
+    }
 }
 
 /// What a limiter says about starting one more job.

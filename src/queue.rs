@@ -580,6 +580,7 @@ impl Inner {
         idx: usize,
         held: &mut Option<Held>,
         outcome: Outcome,
+        read_at: &mut Option<Instant>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Queued>> {
         let mut st = self.lock();
@@ -589,6 +590,9 @@ impl Inner {
             st.sched.finish(h.lane, h.counted, outcome, &mut clock);
         }
         let result = self.next_locked(&mut st, idx, held, &mut clock, cx);
+        // If a limit read the clock to decide, the worker reuses that reading as
+        // the job's start time instead of reading it again.
+        *read_at = clock.read();
         // A finish frees a place in the pool's queue (which counts free workers,
         // so a take alone frees none there), and taking a keyed job frees one in
         // its key's queue: either may be granted to a waiting submitter.

@@ -71,8 +71,10 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
     let mut outcome = Outcome::Completed;
     loop {
         let mut waited = false;
+        // The clock as read by the scheduler while it took the job, if it read it.
+        let mut read_at = None;
         let next = poll_fn(|cx| {
-            let p = inner.next_job(guard.idx, &mut guard.held, outcome, cx);
+            let p = inner.next_job(guard.idx, &mut guard.held, outcome, &mut read_at, cx);
             waited |= p.is_pending();
             p
         })
@@ -95,8 +97,9 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
             outcome = Outcome::Cancelled;
             continue;
         };
-        let started = match last_end.take() {
-            Some(t) if !waited => t,
+        let started = match (read_at, last_end.take()) {
+            (Some(t), _) => t,
+            (None, Some(t)) if !waited => t,
             _ => Instant::now(),
         };
         counters.queue_wait(started.saturating_duration_since(job.submitted()));
