@@ -23,6 +23,60 @@ const COMPLETE: u8 = 2;
 const CANCELLED: u8 = 4;
 /// The handle is gone (dropped or detached); nobody will read the result.
 const HANDLE_GONE: u8 = 8;
+/// The job is a blocking closure running on one of the pool's threads, where
+/// nothing can interrupt it: a cancel resolves the handle from the caller's side.
+const INLINE: u8 = 16;
+/// Resolved before the closure returned, by a cancel from the handle.
+const EARLY_CANCEL: u8 = 32;
+/// Resolved before the closure returned, by its run timeout.
+const EARLY_TIMEOUT: u8 = 64;
+/// Resolved before the closure returned, by the pool's abort.
+const EARLY_ABORT: u8 = 128;
+
+/// Why the handle of a closure running inline was resolved before it returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Early {
+    Cancelled,
+    TimedOut,
+    Aborted,
+}
+
+impl Early {
+    fn bit(self) -> u8 {
+        match self {
+            Early::Cancelled => EARLY_CANCEL,
+            Early::TimedOut => EARLY_TIMEOUT,
+            Early::Aborted => EARLY_ABORT,
+        }
+    }
+
+    fn error(self) -> JobError {
+        match self {
+            Early::TimedOut => JobError::TimedOut,
+            Early::Cancelled | Early::Aborted => JobError::Cancelled,
+        }
+    }
+}
+
+/// What became of a result handed to [`Shared::complete`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Completion {
+    /// The handle has it (or will, when next polled).
+    Delivered,
+    /// The handle is gone, so the value was dropped; `cancelled` if it was
+    /// dropped (a cancel) rather than detached.
+    Dropped { cancelled: bool },
+    /// The handle was resolved before the value came, for this reason; the value
+    /// was dropped.
+    Early(Early),
+}
+
+/// The type-erased face of a job's cell, for what must resolve a running
+/// closure's handle without the closure: the pool's abort, and its run timeout.
+pub(crate) trait Resolve: Send + Sync {
+    /// Resolves the handle now, unless it is already resolved.
+    fn resolve_early(&self, why: Early);
+}
 
 /// The cell shared by a job's envelope (on the worker side) and its [`JobHandle`].
 ///
@@ -76,14 +130,30 @@ impl<T> Shared<T> {
 
     /// Stores the outcome and wakes the handle. If the handle is gone, nobody will
     /// read the value: it is dropped here, where a panic in its `Drop` is caught.
-    pub(crate) fn complete(&self, r: Result<T, JobError>) {
-        if self.state.load(Acquire) & HANDLE_GONE != 0 {
+    /// If the handle was already resolved early (a closure running inline was
+    /// cancelled, timed out or aborted), `r` is dropped and the cause is returned.
+    pub(crate) fn complete(&self, r: Result<T, JobError>) -> Completion {
+        let state = self.state.load(Acquire);
+        if state & (EARLY_CANCEL | EARLY_TIMEOUT | EARLY_ABORT) != 0 {
+            drop_quietly(r);
+            return Completion::Early(early_cause(state));
+        }
+        if state & HANDLE_GONE != 0 {
             self.state.fetch_or(COMPLETE, AcqRel);
             drop_quietly(r);
-            return;
+            return Completion::Dropped {
+                cancelled: state & CANCELLED != 0,
+            };
         }
         let waker = {
             let mut slot = self.lock();
+            // Checked again under the lock: an early resolution takes it too.
+            let state = self.state.load(Acquire);
+            if state & COMPLETE != 0 {
+                drop(slot);
+                drop_quietly(r);
+                return Completion::Early(early_cause(state));
+            }
             slot.result = Some(r);
             // Set under the lock, so a handle that sees COMPLETE finds the result,
             // and one that saw it clear has its waker in the slot already.
@@ -93,6 +163,14 @@ impl<T> Shared<T> {
         if let Some(w) = waker {
             w.wake();
         }
+        Completion::Delivered
+    }
+
+    /// Marks a claimed blocking closure as about to run inline on a pool thread,
+    /// from where nothing can interrupt it. Returns `false` if its caller cancelled
+    /// it first: it must not run.
+    pub(crate) fn begin_inline(&self) -> bool {
+        self.state.fetch_or(INLINE, AcqRel) & CANCELLED == 0
     }
 
     /// Takes the result if there is one, or registers `waker` to be woken by
@@ -111,6 +189,45 @@ impl<T> Shared<T> {
             w => *w = Some(waker.clone()),
         }
         Poll::Pending
+    }
+}
+
+fn early_cause(state: u8) -> Early {
+    if state & EARLY_TIMEOUT != 0 {
+        Early::TimedOut
+    } else if state & EARLY_ABORT != 0 {
+        Early::Aborted
+    } else {
+        Early::Cancelled
+    }
+}
+
+impl<T: Send> Resolve for Shared<T> {
+    fn resolve_early(&self, why: Early) {
+        Shared::resolve_early(self, why);
+    }
+}
+
+impl<T> Shared<T> {
+    /// Resolves the handle of a closure running inline now, unless it is
+    /// already resolved.
+    pub(crate) fn resolve_early(&self, why: Early) {
+        let waker = {
+            let mut slot = self.lock();
+            if self.state.load(Acquire) & COMPLETE != 0 {
+                return;
+            }
+            // Only the handle can be waiting: it gets the error, and the closure's
+            // value, when it returns, is dropped by `complete`.
+            if self.state.load(Acquire) & HANDLE_GONE == 0 {
+                slot.result = Some(Err(why.error()));
+            }
+            self.state.fetch_or(COMPLETE | why.bit(), AcqRel);
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
@@ -222,6 +339,15 @@ impl<T> JobHandle<T> {
         };
         let prev = self.shared.state.fetch_or(bits, AcqRel);
         if prev & (COMPLETE | CANCELLED) != 0 {
+            return;
+        }
+        if prev & INLINE != 0 {
+            // A closure running on a pool thread cannot see the flag until it
+            // returns: resolve the handle from here. (A dropped handle has nobody
+            // to tell; the closure's value is dropped when it returns.)
+            if !gone {
+                self.shared.resolve_early(Early::Cancelled);
+            }
             return;
         }
         if prev & STARTED != 0 {

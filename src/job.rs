@@ -20,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::Span;
 
 use crate::error::JobError;
-use crate::handle::Shared;
+use crate::handle::{Completion, Early, Resolve, Shared};
 use crate::stats::{Outcome, Shard};
 use crate::telemetry::Telemetry;
 
@@ -29,8 +29,9 @@ use crate::telemetry::Telemetry;
 pub(crate) trait Work: Send + 'static {
     type Output: Send + 'static;
 
-    /// Whether the work can outlive a timeout or cancel (and so must linger).
-    const LINGERS: bool = false;
+    /// Whether the work is a blocking closure, which the worker runs to its end on
+    /// a blocking thread ([`Work::run_inline`]) rather than polling it.
+    const INLINE: bool = false;
 
     /// Polls the work. A panic comes back as `Err(JobError::Panicked)`.
     fn poll_work(
@@ -38,11 +39,17 @@ pub(crate) trait Work: Send + 'static {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Output, JobError>>;
 
-    /// After a timeout or cancel, waits for anything that cannot be interrupted
-    /// (a running blocking closure) so that its slot stays taken until it ends.
-    fn poll_linger(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        Poll::Ready(())
+    /// Runs the work to its end on the current thread, blocking it. `None` if
+    /// there is nothing to run (it already ran). Only for `INLINE` work.
+    fn run_inline(self: Pin<&mut Self>) -> Option<Result<Self::Output, JobError>> {
+        None
     }
+
+    /// Starts the run timeout of `INLINE` work: a timer task that resolves the
+    /// handle through `cell` when `t` has passed, while the closure runs on.
+    /// Called on the worker's task as the job starts, so the deadline counts from
+    /// then, whenever the blocking thread gets to it.
+    fn arm_timeout(self: Pin<&mut Self>, _t: Duration, _cell: Arc<dyn Resolve>) {}
 }
 
 /// Turns a panic payload into the message carried by [`JobError::Panicked`].
@@ -99,67 +106,78 @@ where
     }
 }
 
-/// A blocking job: a closure run on Tokio's blocking threads while the job holds
-/// one of the pool's slots.
-pub(crate) struct BlockingWork<C, T> {
+/// A blocking job: a closure that the worker holding its slot runs on one of
+/// Tokio's blocking threads (see `thread.rs`).
+pub(crate) struct BlockingWork<C> {
     f: Option<C>,
-    handle: Option<JoinHandle<T>>,
+    /// The run timeout's timer task, stopped when the closure returns.
+    timer: Option<JoinHandle<()>>,
 }
 
-impl<C, T> BlockingWork<C, T> {
+impl<C> BlockingWork<C> {
     pub(crate) fn new(f: C) -> Self {
         BlockingWork {
             f: Some(f),
-            handle: None,
+            timer: None,
         }
     }
 
     /// The closure, which is always there until the job starts.
-    pub(crate) fn into_inner(self) -> Option<C> {
-        self.f
+    pub(crate) fn into_inner(mut self) -> Option<C> {
+        self.f.take()
     }
 }
 
-impl<C, T> Work for BlockingWork<C, T>
+impl<C, T> Work for BlockingWork<C>
 where
     C: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
     type Output = T;
 
-    const LINGERS: bool = true;
+    const INLINE: bool = true;
 
-    fn poll_work(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, JobError>> {
-        // Both fields are `Unpin`-agnostic plain data; nothing here is pinned.
-        let this = Pin::into_inner(self);
-        if let Some(f) = this.f.take() {
-            this.handle = Some(tokio::task::spawn_blocking(f));
-        }
-        let Some(handle) = this.handle.as_mut() else {
-            return Poll::Ready(Err(JobError::Cancelled));
-        };
-        let res = ready!(Pin::new(handle).poll(cx));
-        this.handle = None;
-        Poll::Ready(match res {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_panic() => Err(JobError::Panicked(panic_message(&*e.into_panic()))),
-            // The runtime is shutting down and dropped the closure before it ran.
-            Err(_) => Err(JobError::Cancelled),
-        })
+    /// The worker never polls a blocking job (it calls `run_inline` on a blocking
+    /// thread); polled anyway, the closure runs here, blocking the caller.
+    fn poll_work(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<T, JobError>> {
+        Poll::Ready(self.run_inline().unwrap_or(Err(JobError::Cancelled)))
     }
 
-    fn poll_linger(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn run_inline(self: Pin<&mut Self>) -> Option<Result<T, JobError>> {
+        // Plain data; nothing here is pinned.
         let this = Pin::into_inner(self);
-        this.f = None;
-        if let Some(handle) = this.handle.as_mut() {
-            let _ = ready!(Pin::new(handle).poll(cx));
-            this.handle = None;
+        let f = this.f.take()?;
+        let result =
+            catch_unwind(AssertUnwindSafe(f)).map_err(|p| JobError::Panicked(panic_message(&*p)));
+        if let Some(timer) = this.timer.take() {
+            timer.abort();
         }
-        Poll::Ready(())
+        Some(result)
+    }
+
+    fn arm_timeout(self: Pin<&mut Self>, t: Duration, cell: Arc<dyn Resolve>) {
+        if t.is_zero() {
+            // No time at all, as for a future: the handle resolves now.
+            cell.resolve_early(Early::TimedOut);
+            return;
+        }
+        Pin::into_inner(self).timer = Some(tokio::spawn(async move {
+            tokio::time::sleep(t).await;
+            cell.resolve_early(Early::TimedOut);
+        }));
     }
 }
 
-impl<C, T> Unpin for BlockingWork<C, T> {}
+impl<C> Drop for BlockingWork<C> {
+    fn drop(&mut self) {
+        // A job dropped before its closure ran (cancelled, aborted) stops its timer.
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+}
+
+impl<C> Unpin for BlockingWork<C> {}
 
 /// Where a worker counts outcomes and latencies: its own stats shard and, with the
 /// `metrics` feature, the exported metrics. Every count goes to both, here.
@@ -206,8 +224,16 @@ pub(crate) trait Job: Send {
     /// Whether the job's caller has asked for it to be cancelled.
     fn cancel_requested(&self) -> bool;
 
-    /// Whether the job's outcome is decided and counted (it may still be lingering).
+    /// Whether the job's outcome is decided and counted.
     fn is_settled(&self) -> bool;
+
+    /// Whether the job is a blocking closure, run with [`Job::run_inline`] on a
+    /// blocking thread instead of polled.
+    fn runs_inline(&self) -> bool;
+
+    /// For a job that runs inline, its cell, through which the pool's abort
+    /// resolves the handle while the closure runs.
+    fn inline_cell(&self) -> Option<Arc<dyn Resolve>>;
 
     /// Marks the job started, under the scheduler's lock when a worker takes it.
     /// Returns `false` if its caller cancelled it first: it must not run, and it
@@ -234,6 +260,13 @@ pub(crate) trait Job: Send {
         cx: &mut Context<'_>,
         ctx: &RunCtx<'_>,
     ) -> Poll<(Instant, Outcome)>;
+
+    /// Runs a blocking job to its end on the current (blocking) thread. Nothing
+    /// interrupts the closure: a cancel, the run timeout (a timer task on the
+    /// runtime) or the pool's abort resolves the handle early, and the outcome is
+    /// counted when the closure returns, so its slot stays taken until then.
+    /// Returns the time the job ended and how.
+    fn run_inline(self: Pin<&mut Self>, ctx: &RunCtx<'_>) -> (Instant, Outcome);
 
     /// Resolves a job that never started (taken out of the queue) with `err`,
     /// dropping its work first. The caller has already counted it.
@@ -262,8 +295,6 @@ pin_project! {
         // The span current at submit, if any. Boxed: `None` costs nothing when
         // tracing is off.
         parent: Option<Box<Span>>,
-        // The outcome is decided and counted; uninterruptible work is finishing.
-        lingering: bool,
         // How the job ended, once it has.
         outcome: Outcome,
     }
@@ -304,7 +335,6 @@ impl<W, T> Task<W, T> {
             timeout,
             submitted,
             parent,
-            lingering: false,
             outcome: Outcome::Completed,
         }
     }
@@ -322,8 +352,8 @@ impl<W, T> Task<W, T> {
     }
 }
 
-/// Ends a running job: counts the outcome, drops the work (unless it must linger),
-/// then resolves the handle. Returns the time the job ended.
+/// Ends a running job: counts the outcome, drops the work, then resolves the
+/// handle. Returns the time the job ended.
 fn settle<W: Work>(
     this: &mut TaskProj<'_, W, W::Output>,
     ctx: &RunCtx<'_>,
@@ -335,36 +365,32 @@ fn settle<W: Work>(
     ctx.counters.outcome(outcome);
     ctx.counters
         .run_time(now.saturating_duration_since(ctx.started));
-    match (&outcome, &result) {
-        (Outcome::Panicked, Err(JobError::Panicked(msg))) => {
-            tracing::warn!(parent: ctx.span, panic = %msg, "taskgate: job panicked");
-        }
-        (Outcome::TimedOut, _) => tracing::debug!(parent: ctx.span, "taskgate: job timed out"),
-        (Outcome::Cancelled, _) => {
-            tracing::debug!(parent: ctx.span, "taskgate: running job cancelled by its caller")
-        }
-        (Outcome::Aborted, _) => {
-            tracing::debug!(parent: ctx.span, "taskgate: running job cancelled by abort")
-        }
-        _ => {}
-    }
-    let lingers = W::LINGERS
-        && matches!(
-            outcome,
-            Outcome::Cancelled | Outcome::Aborted | Outcome::TimedOut
-        );
-    if lingers {
-        // Uninterruptible work keeps its slot until it returns.
-        *this.lingering = true;
-    } else {
-        drop_work(this.work.as_mut());
-    }
+    log_outcome(ctx.span, outcome, &result);
+    drop_work(this.work.as_mut());
     *this.sleep = None;
     match this.shared.as_ref() {
-        Some(shared) => shared.complete(result),
+        Some(shared) => {
+            shared.complete(result);
+        }
         None => drop_quietly(result),
     }
     now
+}
+
+fn log_outcome<T>(span: &Span, outcome: Outcome, result: &Result<T, JobError>) {
+    match (&outcome, result) {
+        (_, Err(JobError::Panicked(msg))) => {
+            tracing::warn!(parent: span, panic = %msg, "taskgate: job panicked");
+        }
+        (Outcome::TimedOut, _) => tracing::debug!(parent: span, "taskgate: job timed out"),
+        (Outcome::Cancelled, _) => {
+            tracing::debug!(parent: span, "taskgate: running job cancelled by its caller")
+        }
+        (Outcome::Aborted, _) => {
+            tracing::debug!(parent: span, "taskgate: running job cancelled by abort")
+        }
+        _ => {}
+    }
 }
 
 fn drop_work<W>(mut work: Pin<&mut Option<W>>) {
@@ -385,7 +411,19 @@ impl<W: Work> Job for Task<W, W::Output> {
     }
 
     fn is_settled(&self) -> bool {
-        self.lingering || self.work.is_none()
+        self.work.is_none()
+    }
+
+    fn runs_inline(&self) -> bool {
+        W::INLINE
+    }
+
+    fn inline_cell(&self) -> Option<Arc<dyn Resolve>> {
+        if W::INLINE {
+            self.shared.clone().map(|s| s as Arc<dyn Resolve>)
+        } else {
+            None
+        }
     }
 
     fn claim(&self) -> bool {
@@ -413,7 +451,13 @@ impl<W: Work> Job for Task<W, W::Output> {
             return None;
         }
         if let Some(t) = *this.timeout {
-            *this.sleep = Some(Box::pin(tokio::time::sleep(t)));
+            if !W::INLINE {
+                *this.sleep = Some(Box::pin(tokio::time::sleep(t)));
+            } else if let (Some(work), Some(shared)) =
+                (this.work.as_mut().as_pin_mut(), this.shared.as_ref())
+            {
+                work.arm_timeout(t, shared.clone());
+            }
         }
         let parent = this.parent.take();
         Some(match parent.as_deref() {
@@ -432,6 +476,64 @@ impl<W: Work> Job for Task<W, W::Output> {
         Poll::Ready((ended, *this.outcome))
     }
 
+    fn run_inline(self: Pin<&mut Self>, ctx: &RunCtx<'_>) -> (Instant, Outcome) {
+        let mut this = self.project();
+        // `begin_inline` marks the cell first, so that a cancel from now on resolves
+        // the handle itself; one that came before means the closure never runs.
+        let cancelled = this.shared.as_ref().is_some_and(|s| !s.begin_inline());
+        let aborted = ctx.aborted.load(Relaxed);
+        if cancelled || aborted {
+            let outcome = if aborted {
+                Outcome::Aborted
+            } else {
+                Outcome::Cancelled
+            };
+            let ended = settle(&mut this, ctx, outcome, Err(JobError::Cancelled));
+            return (ended, outcome);
+        }
+        let result = {
+            let _enter = ctx.span.enter();
+            this.work
+                .as_mut()
+                .as_pin_mut()
+                .and_then(|w| w.run_inline())
+                .unwrap_or(Err(JobError::Cancelled))
+        };
+        let now = Instant::now();
+        drop_work(this.work.as_mut());
+        let ran = match &result {
+            Ok(_) => Outcome::Completed,
+            Err(JobError::Panicked(_)) => Outcome::Panicked,
+            Err(_) => Outcome::Cancelled,
+        };
+        if let Err(JobError::Panicked(msg)) = &result {
+            tracing::warn!(parent: ctx.span, panic = %msg, "taskgate: job panicked");
+        }
+        let completion = match this.shared.as_ref() {
+            Some(shared) => shared.complete(result),
+            None => {
+                drop_quietly(result);
+                Completion::Delivered
+            }
+        };
+        let outcome = match completion {
+            Completion::Delivered | Completion::Dropped { cancelled: false } => ran,
+            Completion::Dropped { cancelled: true } | Completion::Early(Early::Cancelled) => {
+                Outcome::Cancelled
+            }
+            Completion::Early(Early::TimedOut) => Outcome::TimedOut,
+            Completion::Early(Early::Aborted) => Outcome::Aborted,
+        };
+        if outcome != ran {
+            log_outcome(ctx.span, outcome, &Ok::<(), JobError>(()));
+        }
+        *this.outcome = outcome;
+        ctx.counters.outcome(outcome);
+        ctx.counters
+            .run_time(now.saturating_duration_since(ctx.started));
+        (now, outcome)
+    }
+
     fn resolve_unstarted(self: Pin<&mut Self>, err: JobError) {
         let mut this = self.project();
         drop_work(this.work.as_mut());
@@ -447,52 +549,36 @@ fn poll_run_inner<W: Work>(
     cx: &mut Context<'_>,
     ctx: &RunCtx<'_>,
 ) -> Poll<Instant> {
-    loop {
-        if *this.lingering {
-            if let Some(w) = this.work.as_mut().as_pin_mut() {
-                ready!(w.poll_linger(cx));
-            }
-            drop_work(this.work.as_mut());
-            return Poll::Ready(Instant::now());
-        }
-        let aborted = ctx.aborted.load(Relaxed);
-        if aborted || this.shared.as_ref().is_some_and(|s| s.is_cancelled()) {
-            let outcome = if aborted {
-                Outcome::Aborted
-            } else {
-                Outcome::Cancelled
-            };
-            let ended = settle(this, ctx, outcome, Err(JobError::Cancelled));
-            if *this.lingering {
-                continue;
-            }
-            return Poll::Ready(ended);
-        }
-        let Some(work) = this.work.as_mut().as_pin_mut() else {
-            return Poll::Ready(Instant::now());
+    let aborted = ctx.aborted.load(Relaxed);
+    if aborted || this.shared.as_ref().is_some_and(|s| s.is_cancelled()) {
+        let outcome = if aborted {
+            Outcome::Aborted
+        } else {
+            Outcome::Cancelled
         };
-        let polled = {
-            let _enter = ctx.span.enter();
-            work.poll_work(cx)
-        };
-        match polled {
-            Poll::Ready(Ok(v)) => {
-                return Poll::Ready(settle(this, ctx, Outcome::Completed, Ok(v)));
-            }
-            Poll::Ready(Err(e)) => {
-                return Poll::Ready(settle(this, ctx, Outcome::Panicked, Err(e)));
-            }
-            Poll::Pending => {}
-        }
-        if let Some(sleep) = this.sleep.as_mut()
-            && sleep.as_mut().poll(cx).is_ready()
-        {
-            let ended = settle(this, ctx, Outcome::TimedOut, Err(JobError::TimedOut));
-            if *this.lingering {
-                continue;
-            }
-            return Poll::Ready(ended);
-        }
-        return Poll::Pending;
+        return Poll::Ready(settle(this, ctx, outcome, Err(JobError::Cancelled)));
     }
+    let Some(work) = this.work.as_mut().as_pin_mut() else {
+        return Poll::Ready(Instant::now());
+    };
+    let polled = {
+        let _enter = ctx.span.enter();
+        work.poll_work(cx)
+    };
+    match polled {
+        Poll::Ready(Ok(v)) => return Poll::Ready(settle(this, ctx, Outcome::Completed, Ok(v))),
+        Poll::Ready(Err(e)) => return Poll::Ready(settle(this, ctx, Outcome::Panicked, Err(e))),
+        Poll::Pending => {}
+    }
+    if let Some(sleep) = this.sleep.as_mut()
+        && sleep.as_mut().poll(cx).is_ready()
+    {
+        return Poll::Ready(settle(
+            this,
+            ctx,
+            Outcome::TimedOut,
+            Err(JobError::TimedOut),
+        ));
+    }
+    Poll::Pending
 }

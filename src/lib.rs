@@ -186,6 +186,7 @@ mod sched;
 mod stats;
 mod stream;
 mod telemetry;
+mod thread;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::error::JobError;
+use crate::handle::{Early, Resolve};
 use crate::job::{Job, Task, Work};
 use crate::key::{Key, KeyLimits, KeyStats};
 use crate::limit::Clock;
@@ -77,6 +78,9 @@ struct Slot {
     woken: bool,
     /// The id of the job this worker holds, so a cancel can find and wake it.
     running: Option<u64>,
+    /// The cell of the blocking closure this worker holds, which no wake can
+    /// interrupt: the pool's abort resolves its handle through it.
+    inline: Option<Arc<dyn Resolve>>,
     shard: Arc<Shard>,
 }
 
@@ -262,6 +266,7 @@ impl State {
                 parked: false,
                 woken: true,
                 running: None,
+                inline: None,
                 shard: shard.clone(),
             };
             let idx = match self.free_slots.pop() {
@@ -418,6 +423,26 @@ impl Inner {
         // Nothing panics while the lock is held, but a poisoned lock must not turn
         // one failure into a cascade.
         self.state.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The runtime the pool's tasks run on.
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.rt
+    }
+
+    /// A token that `shutdown` waits for like a worker task, held by a worker
+    /// while it runs on a blocking thread.
+    pub(crate) fn tracker_token(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.tracker.token()
+    }
+
+    /// Spawns a worker's loop as a task (a worker coming back from a blocking
+    /// thread).
+    pub(crate) fn spawn_worker_task<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn_on(fut, &self.rt);
     }
 
     fn act(self: &Arc<Self>, action: Action) {
@@ -631,6 +656,7 @@ impl Inner {
     ) -> Poll<Option<Queued>> {
         let slot = st.slots[idx].as_mut().expect("worker slot exists");
         slot.running = None;
+        slot.inline = None;
         match &slot.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => slot.waker = Some(cx.waker().clone()),
@@ -664,6 +690,7 @@ impl Inner {
             }
             if let Some(slot) = st.slots[idx].as_mut() {
                 slot.running = Some(q.id);
+                slot.inline = q.job.inline_cell();
             }
             return Poll::Ready(Some(q));
         }
@@ -879,6 +906,7 @@ impl Inner {
     pub(crate) fn abort(&self) {
         self.aborted.store(true, Ordering::Release);
         let mut wakers = Vec::new();
+        let mut inline = Vec::new();
         let drained: Vec<Queued> = {
             let mut st = self.lock();
             st.closed = true;
@@ -893,6 +921,8 @@ impl Inner {
                 if let Some(w) = &slot.waker {
                     wakers.push(w.clone());
                 }
+                // A blocking closure cannot see the flag until it returns.
+                inline.extend(slot.inline.clone());
             }
             drained
         };
@@ -903,6 +933,9 @@ impl Inner {
         for q in drained {
             let mut job = q.job;
             job.as_mut().resolve_unstarted(JobError::Cancelled);
+        }
+        for cell in inline {
+            cell.resolve_early(Early::Aborted);
         }
         for w in wakers {
             w.wake();

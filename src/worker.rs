@@ -10,10 +10,12 @@
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Span;
 
 use crate::job::{Counters, Job, RunCtx, drop_quietly};
 use crate::queue::{Held, Inner};
@@ -21,7 +23,7 @@ use crate::stats::{Outcome, Shard};
 
 /// Unregisters a worker that is dropped without exiting normally (its runtime is
 /// shutting down), counting the job it was running.
-struct WorkerGuard {
+pub(crate) struct WorkerGuard {
     inner: Arc<Inner>,
     idx: usize,
     /// The job the worker has counted in `busy` (and against its limits).
@@ -43,6 +45,111 @@ impl Drop for WorkerGuard {
     }
 }
 
+/// One worker: the slot it holds in the scheduler and what it carries from one
+/// job to the next. It lives on a Tokio task ([`run`]) and, while it runs
+/// blocking closures, on a blocking thread (`thread.rs`).
+pub(crate) struct Worker {
+    pub(crate) guard: WorkerGuard,
+    pub(crate) shard: Arc<Shard>,
+    /// When the previous job ended, if the next one was taken without waiting: it
+    /// serves as the next start time, saving a clock read per job under load.
+    last_end: Option<Instant>,
+    /// How the previous job ended, for its key's counters and limits.
+    outcome: Outcome,
+    /// The worker had to wait for the job it is taking.
+    waited: bool,
+    /// The clock as read by the scheduler while it took the job, if it read it.
+    read_at: Option<Instant>,
+}
+
+/// A job taken from the queue, claimed and ready to run.
+pub(crate) struct Started {
+    pub(crate) job: Pin<Box<dyn Job>>,
+    pub(crate) span: Span,
+    pub(crate) started: Instant,
+}
+
+impl Worker {
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.guard.inner
+    }
+
+    /// Finishes the previous job and takes the next one. `Ready(None)` when the
+    /// worker must exit. Jobs found cancelled as they are taken are resolved here.
+    pub(crate) fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Started>> {
+        loop {
+            let inner = &self.guard.inner;
+            let p = inner.next_job(
+                self.guard.idx,
+                &mut self.guard.held,
+                self.outcome,
+                &mut self.read_at,
+                cx,
+            );
+            let Poll::Ready(next) = p else {
+                self.waited = true;
+                return Poll::Pending;
+            };
+            let waited = std::mem::take(&mut self.waited);
+            let Some(queued) = next else {
+                self.guard.exited = true;
+                return Poll::Ready(None);
+            };
+            let mut job = queued.job;
+            let Some(span) =
+                job.as_mut()
+                    .begin(&inner.name, queued.id, queued.claim, self.counters())
+            else {
+                drop_quietly(job);
+                self.last_end = None;
+                self.outcome = Outcome::Cancelled;
+                continue;
+            };
+            let started = match (self.read_at, self.last_end.take()) {
+                (Some(t), _) => t,
+                (None, Some(t)) if !waited => t,
+                _ => Instant::now(),
+            };
+            self.counters()
+                .queue_wait(started.saturating_duration_since(job.submitted()));
+            return Poll::Ready(Some(Started { job, span, started }));
+        }
+    }
+
+    fn counters(&self) -> Counters<'_> {
+        Counters {
+            shard: &self.shard,
+            telemetry: &self.guard.inner.telemetry,
+        }
+    }
+
+    /// Runs a blocking job to its end on the current thread (see `thread.rs`).
+    pub(crate) fn run_inline(&mut self, s: Started) -> (Instant, Outcome) {
+        let Started { job, span, started } = s;
+        let job = self.guard.job.insert(job);
+        // Field by field: the job is borrowed from the guard mutably.
+        let ctx = RunCtx {
+            counters: Counters {
+                shard: &self.shard,
+                telemetry: &self.guard.inner.telemetry,
+            },
+            span: &span,
+            aborted: &self.guard.inner.aborted,
+            started,
+        };
+        job.as_mut().run_inline(&ctx)
+    }
+
+    /// Records how the job ended and drops it.
+    pub(crate) fn ended(&mut self, ended: Instant, how: Outcome) {
+        self.last_end = Some(ended);
+        self.outcome = how;
+        // The result cell may hold an output whose handle is gone: its drop (and the
+        // future's, already done) must not take the worker down.
+        drop_quietly(self.guard.job.take());
+    }
+}
+
 /// Spawns worker `idx`. The guard is created here, outside the task, so that a task
 /// dropped before its first poll still unregisters.
 pub(crate) fn spawn(
@@ -59,63 +166,56 @@ pub(crate) fn spawn(
         job: None,
         exited: false,
     };
-    tracker.spawn_on(run(guard, shard), rt);
+    let worker = Worker {
+        guard,
+        shard,
+        last_end: None,
+        outcome: Outcome::Completed,
+        waited: false,
+        read_at: None,
+    };
+    tracker.spawn_on(run(worker, None), rt);
 }
 
-async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
-    let inner = guard.inner.clone();
-    // When the previous job ended, if the next one was taken without waiting: it
-    // serves as the next start time, saving a clock read per job under load.
-    let mut last_end: Option<Instant> = None;
-    // How the previous job ended, for its key's counters and limits.
-    let mut outcome = Outcome::Completed;
+/// Puts a worker back on a Tokio task, with the job it took (a thread hands its
+/// worker back when it takes a job that is not a blocking closure).
+pub(crate) fn resume(worker: Worker, first: Option<Started>) {
+    let inner = worker.inner().clone();
+    inner.spawn_worker_task(run(worker, first));
+}
+
+/// The worker loop on a Tokio task.
+async fn run(mut w: Worker, mut first: Option<Started>) {
     loop {
-        let mut waited = false;
-        // The clock as read by the scheduler while it took the job, if it read it.
-        let mut read_at = None;
-        let next = poll_fn(|cx| {
-            let p = inner.next_job(guard.idx, &mut guard.held, outcome, &mut read_at, cx);
-            waited |= p.is_pending();
-            p
-        })
-        .await;
-        let Some(queued) = next else {
-            guard.exited = true;
+        let s = match first.take() {
+            Some(s) => s,
+            None => match poll_fn(|cx| w.poll_take(cx)).await {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        if s.job.runs_inline() {
+            // A blocking closure: the worker moves to a blocking thread and runs
+            // it there, with the blocking jobs that follow it.
+            crate::thread::hand_over(w, s);
             return;
+        }
+        let Started { job, span, started } = s;
+        let job = w.guard.job.insert(job);
+        let (ended, how) = {
+            // Field by field: the job is borrowed from the guard mutably.
+            let ctx = RunCtx {
+                counters: Counters {
+                    shard: &w.shard,
+                    telemetry: &w.guard.inner.telemetry,
+                },
+                span: &span,
+                aborted: &w.guard.inner.aborted,
+                started,
+            };
+            poll_fn(|cx| job.as_mut().poll_run(cx, &ctx)).await
         };
-        let mut job = queued.job;
-        let counters = Counters {
-            shard: &shard,
-            telemetry: &inner.telemetry,
-        };
-        let Some(span) = job
-            .as_mut()
-            .begin(&inner.name, queued.id, queued.claim, counters)
-        else {
-            drop_quietly(job);
-            last_end = None;
-            outcome = Outcome::Cancelled;
-            continue;
-        };
-        let started = match (read_at, last_end.take()) {
-            (Some(t), _) => t,
-            (None, Some(t)) if !waited => t,
-            _ => Instant::now(),
-        };
-        counters.queue_wait(started.saturating_duration_since(job.submitted()));
-        let ctx = RunCtx {
-            counters,
-            span: &span,
-            aborted: &inner.aborted,
-            started,
-        };
-        let job = guard.job.insert(job);
-        let (ended, how) = poll_fn(|cx| job.as_mut().poll_run(cx, &ctx)).await;
-        last_end = Some(ended);
-        outcome = how;
-        // The result cell may hold an output whose handle is gone: its drop (and the
-        // future's, already done) must not take the worker down.
-        drop_quietly(guard.job.take());
+        w.ended(ended, how);
         // A worker with a long queue of ready jobs would otherwise never return to
         // the scheduler. Spend one unit of Tokio's cooperative budget per job, so it
         // yields now and then and the tasks sharing its thread (often the very
@@ -123,7 +223,7 @@ async fn run(mut guard: WorkerGuard, shard: Arc<Shard>) {
         if !tokio::task::coop::has_budget_remaining() {
             // This call yields: other tasks run before the next job, so the previous
             // end is no longer the next start.
-            last_end = None;
+            w.last_end = None;
         }
         tokio::task::coop::consume_budget().await;
     }

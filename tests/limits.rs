@@ -294,11 +294,14 @@ async fn a_timed_out_blocking_job_keeps_its_slot_until_it_returns() {
     settle().await;
     advance(10 * MS).await;
     assert_eq!(h.await, Err(taskgate::JobError::TimedOut));
-    // The closure is still running: the only slot is taken.
+    // The closure is still running: the only slot is taken, and the job counts
+    // as running until it returns.
     settle().await;
     let s = pool.stats();
-    assert_eq!((s.busy, s.timed_out, s.queued), (1, 1, 1));
+    assert_eq!((s.busy, s.timed_out, s.queued), (1, 0, 1));
     assert!(!next.is_finished());
     tx.send(()).unwrap();
     assert_eq!(next.await, Ok(5));
+    let s = pool.stats();
+    assert_eq!((s.timed_out, s.completed), (1, 1));
 }
