@@ -14,7 +14,7 @@ use crate::rate::Rate;
 /// | setting | default |
 /// |---|---|
 /// | [`workers`](Builder::workers) | `available_parallelism() × 8` |
-/// | [`queue_capacity`](Builder::queue_capacity) | `workers × 10` |
+/// | [`queue_capacity`](Builder::queue_capacity) | `workers × 10`, at least 256 |
 /// | [`job_timeout`](Builder::job_timeout) | none |
 /// | [`queue_timeout`](Builder::queue_timeout) | none |
 /// | [`name`](Builder::name) | `"taskgate"` |
@@ -78,6 +78,13 @@ impl Builder {
     /// How many accepted jobs may wait for a worker, beyond those a free worker is
     /// about to take. `0` is valid: a submit then waits until a worker is free to
     /// take its job (a rendezvous).
+    ///
+    /// The default is `workers × 10`, and at least 256: a submitter that shares
+    /// the runtime's threads with the workers may not run again until a worker has
+    /// spent its cooperative budget (128 jobs), so a smaller queue lets the
+    /// workers run dry and park while it waits its turn. For CPU-sized jobs on a
+    /// pool of a few workers, that made a queue of 20 about 1.5× slower per job
+    /// than one of 256 (BENCHMARKS.md, seed table).
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = Some(capacity);
         self
@@ -205,7 +212,7 @@ impl Builder {
         }
         let capacity = self
             .queue_capacity
-            .unwrap_or_else(|| workers.saturating_mul(10));
+            .unwrap_or_else(|| default_capacity(workers));
         if let Some(rate) = &self.rate {
             rate.validate()?;
         }
@@ -250,3 +257,13 @@ fn default_workers() -> usize {
         .unwrap_or(1)
         .saturating_mul(8)
 }
+
+/// The default queue capacity for a pool of `workers`: see
+/// [`Builder::queue_capacity`].
+fn default_capacity(workers: usize) -> usize {
+    workers.saturating_mul(10).max(MIN_DEFAULT_CAPACITY)
+}
+
+/// Two Tokio cooperative budgets: what workers on two threads may take before a
+/// submitter sharing those threads runs again.
+const MIN_DEFAULT_CAPACITY: usize = 256;

@@ -268,15 +268,30 @@ async fn defaults() {
     let s = pool.stats();
     assert_eq!(s.workers, cores * 8);
     assert_eq!(pool.name(), "taskgate");
-    // The default queue holds workers × 10 waiting jobs beyond the free workers.
+    // The default queue holds workers × 10 waiting jobs beyond the free workers,
+    // and at least 256.
     pool.resize(0);
+    assert_eq!(fill(&pool), (cores * 8 * 10).max(256));
+    pool.abort();
+    // A small pool gets the floor.
+    let pool = Pool::builder().workers(2).build().unwrap();
+    pool.resize(0);
+    assert_eq!(fill(&pool), 256);
+    pool.abort();
+    let pool = Pool::builder().workers(100).build().unwrap();
+    pool.resize(0);
+    assert_eq!(fill(&pool), 1000);
+    pool.abort();
+}
+
+/// Submits until the queue refuses; returns how many were accepted.
+fn fill(pool: &Pool) -> usize {
     let mut n = 0;
     while let Ok(h) = pool.try_submit(async {}) {
         h.detach();
         n += 1;
     }
-    assert_eq!(n, cores * 8 * 10);
-    pool.abort();
+    n
 }
 
 #[test]
