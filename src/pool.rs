@@ -318,10 +318,20 @@ impl Pool {
     /// holds one of this pool's worker slots, so CPU work and async work share one
     /// limit. Waits for queue space like [`submit`](Pool::submit).
     ///
+    /// The worker that takes the closure moves to a blocking thread and runs it
+    /// there, then takes the blocking jobs queued behind it on the same thread, one
+    /// after another; it goes back to a task when it takes an async job or finds
+    /// none. So a burst of closures costs one hand-off per worker, not one per job,
+    /// and at most `workers` threads run this pool's closures at once. The closure
+    /// runs inside the runtime's context (`Handle::current()` works), as with
+    /// `spawn_blocking`.
+    ///
     /// A running closure cannot be interrupted. If the job times out, is cancelled,
     /// or the pool is aborted, its handle resolves at once, but **its slot stays
-    /// taken until the closure returns**, so the limit still holds. A closure that
-    /// never returns holds its slot forever, and [`shutdown`](Pool::shutdown) waits for it.
+    /// taken until the closure returns**, so the limit still holds; the job counts
+    /// as running in [`stats`](Pool::stats) until then, and its outcome (timed out,
+    /// cancelled) is counted when it returns. A closure that never returns holds
+    /// its slot forever, and [`shutdown`](Pool::shutdown) waits for it.
     ///
     /// # Errors
     ///
