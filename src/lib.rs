@@ -170,37 +170,24 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
-mod builder;
+mod adapters;
 mod error;
-mod group;
-mod handle;
 mod job;
-mod job_builder;
-mod key;
 mod limit;
 mod pool;
-mod priority;
-mod queue;
-mod rate;
 mod sched;
 mod stats;
-mod stream;
-mod telemetry;
-mod thread;
-#[cfg(feature = "tower")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub mod tower;
-mod waiters;
 mod worker;
 
-pub use builder::Builder;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use adapters::tower;
+pub use adapters::{Group, GroupError};
+pub use adapters::{MapPooled, MapPooledUnordered, PoolStreamExt};
 pub use error::{BuildError, JobError, LimitError, SubmitError, TrySubmitError};
-pub use group::{Group, GroupError};
-pub use handle::{JobHandle, JobId};
-pub use job_builder::JobBuilder;
-pub use key::{Key, KeyLimits, KeyStats};
-pub use pool::Pool;
-pub use priority::Priority;
-pub use rate::Rate;
+pub use job::{JobHandle, JobId};
+pub use limit::{Key, KeyLimits, KeyStats};
+pub use limit::Rate;
+pub use pool::{Builder, JobBuilder, Pool};
+pub use sched::Priority;
 pub use stats::{Latency, ShutdownReport, Stats};
-pub use stream::{MapPooled, MapPooledUnordered, PoolStreamExt};

@@ -5,11 +5,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::error::{JobError, SubmitError, TrySubmitError};
-use crate::handle::JobHandle;
+use crate::job::JobHandle;
 use crate::job::AsyncWork;
-use crate::key::Key;
+use crate::limit::Key;
 use crate::pool::{JobOpts, Pool};
-use crate::priority::Priority;
+use crate::sched::Priority;
 
 /// Per-job options for one job, from [`Pool::job`].
 ///

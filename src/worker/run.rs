@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Span;
 
 use crate::job::{Counters, Job, RunCtx, drop_quietly};
-use crate::queue::{Held, Inner};
+use crate::sched::{Held, Inner};
 use crate::stats::{Outcome, Shard};
 
 /// Unregisters a worker that is dropped without exiting normally (its runtime is
@@ -197,7 +197,7 @@ async fn run(mut w: Worker, mut first: Option<Started>) {
         if s.job.runs_inline() {
             // A blocking closure: the worker moves to a blocking thread and runs
             // it there, with the blocking jobs that follow it.
-            crate::thread::hand_over(w, s);
+            crate::worker::thread::hand_over(w, s);
             return;
         }
         let Started { job, span, started } = s;

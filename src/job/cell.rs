@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use crate::error::JobError;
 use crate::job::drop_quietly;
-use crate::queue::Inner;
+use crate::sched::Inner;
 use crate::sched::Pos;
 
 /// A worker has claimed the job and is running it (or about to).

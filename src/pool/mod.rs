@@ -1,5 +1,11 @@
 //! [`Pool`]: where a job starts its path. Submission, backpressure and lifecycle.
 
+mod builder;
+mod job_builder;
+
+pub use builder::Builder;
+pub use job_builder::JobBuilder;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::pin;
@@ -8,19 +14,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::builder::Builder;
 use crate::error::LimitError;
 use crate::error::{JobError, SubmitError, TrySubmitError};
-use crate::group::Group;
-use crate::handle::{JobHandle, Shared};
+use crate::adapters::Group;
+use crate::job::{JobHandle, Shared};
 use crate::job::{BlockingWork, Task, Work};
-use crate::job_builder::JobBuilder;
-use crate::key::{Key, KeyLimits, KeyStats};
-use crate::priority::Priority;
-use crate::queue::{Inner, Place, Refused, Waiting};
+use crate::limit::{Key, KeyLimits, KeyStats};
+use crate::sched::Priority;
+use crate::sched::{Inner, Place, Refused, Waiting};
 use crate::sched::Pos;
 use crate::stats::{ShutdownReport, Stats};
-use crate::waiters::Ticket;
+use crate::sched::Ticket;
 
 /// A bounded pool of long-lived worker tasks that run jobs from a bounded queue.
 ///

@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::task::Waker;
 
-use crate::key::Key;
+use crate::limit::Key;
 
 /// A waiter's registration: its entry and the sequence number that tells this
 /// registration from later ones in the same entry.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::error::LimitError;
-use crate::rate::Rate;
+use crate::limit::Rate;
 
 /// A key that tags a job (a tenant, a host, an API token) so that per-key limits
 /// apply to it: see [`KeyLimits`] and [`JobBuilder::key`](crate::JobBuilder::key).

@@ -27,9 +27,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::job::Job;
-use crate::key::{Key, KeyLimits, KeyStats};
+use crate::limit::{Key, KeyLimits, KeyStats};
 use crate::limit::{Admit, Clock, Gate, Limiter};
-use crate::rate::{Gcra, Rate, far_future};
+use crate::limit::{Gcra, Rate, far_future};
 use crate::stats::Outcome;
 
 /// The lane of unkeyed jobs. It always exists.

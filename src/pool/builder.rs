@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{BuildError, LimitError};
-use crate::key::KeyLimits;
+use crate::limit::KeyLimits;
 use crate::pool::Pool;
-use crate::queue::{Inner, SchedConfig};
-use crate::rate::Rate;
+use crate::sched::{Inner, SchedConfig};
+use crate::limit::Rate;
 
 /// Configures and builds a [`Pool`].
 ///

@@ -17,16 +17,16 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::error::JobError;
-use crate::handle::{Early, Resolve};
+use crate::job::{Early, Resolve};
 use crate::job::{Job, Task, Work};
-use crate::key::{Key, KeyLimits, KeyStats};
+use crate::limit::{Key, KeyLimits, KeyStats};
 use crate::limit::Clock;
-use crate::priority::Priority;
-use crate::rate::{Rate, after};
+use crate::sched::Priority;
+use crate::limit::{Rate, after};
 use crate::sched::{Gone, Pos, Queued, Sched};
 use crate::stats::{Outcome, Shard, Stats, Totals};
-use crate::telemetry::Telemetry;
-use crate::waiters::{Granted, Ticket, Waiters};
+use crate::stats::Telemetry;
+use crate::sched::{Granted, Ticket, Waiters};
 
 /// The job a worker holds a slot for, reported back when it ends.
 #[derive(Clone, Copy)]

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::error::{JobError, SubmitError};
-use crate::handle::JobHandle;
+use crate::job::JobHandle;
 use crate::pool::Pool;
 
 /// A set of jobs submitted to one pool, to collect as they finish

@@ -5,6 +5,10 @@
 //! read-modify-write. [`Pool::stats`](crate::Pool::stats) sums the shards under the
 //! pool lock. A worker that exits folds its shard into the pool's `retired` shard.
 
+mod telemetry;
+
+pub(crate) use telemetry::Telemetry;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 

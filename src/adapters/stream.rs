@@ -10,7 +10,7 @@ use futures::stream::{FusedStream, FuturesUnordered, Stream, StreamExt};
 use pin_project_lite::pin_project;
 
 use crate::error::{JobError, TrySubmitError};
-use crate::handle::JobHandle;
+use crate::job::JobHandle;
 use crate::pool::Pool;
 
 /// The most jobs a stream adapter keeps in flight by default, whatever the pool size.

@@ -10,9 +10,15 @@
 //! that learns from latency and outcomes, or a rate shared through Redis) is one
 //! more `Limiter` field in `Gate`, with no change to the scheduler.
 
+mod key;
+mod rate;
+
+pub use key::{Key, KeyLimits, KeyStats};
+pub(crate) use rate::{Gcra, after, far_future};
+pub use rate::Rate;
+
 use tokio::time::Instant;
 
-use crate::rate::Gcra;
 use crate::stats::Outcome;
 
 /// The scheduler's clock for one decision: read at most once, and only if a

@@ -20,9 +20,9 @@ use tokio::time::{Instant, Sleep};
 use tracing::Span;
 
 use crate::error::JobError;
-use crate::handle::{Completion, Early, Resolve, Shared};
+use crate::job::{Completion, Early, Resolve, Shared};
 use crate::stats::{Outcome, Shard};
-use crate::telemetry::Telemetry;
+use crate::stats::Telemetry;
 
 /// What a job does. Implemented for futures ([`AsyncWork`]) and for blocking
 /// closures ([`BlockingWork`]).

@@ -1,0 +1,11 @@
+//! The shared core: the queue, the scheduler, worker accounting and waiting submitters.
+
+mod inner;
+mod lanes;
+mod priority;
+mod waiters;
+
+pub(crate) use inner::{Held, Inner, Place, Refused, SchedConfig, Waiting};
+pub(crate) use lanes::{Gone, Pos, Queued, Sched};
+pub use priority::Priority;
+pub(crate) use waiters::{Granted, Ticket, Waiters};
