@@ -1,8 +1,11 @@
 //! One job on its way through the pool: the work, its envelope, its result cell and the caller's handle.
 
 mod cell;
+mod handle;
 mod task;
+mod work;
 
 pub(crate) use cell::{Completion, Early, Resolve, Shared};
-pub use cell::{JobHandle, JobId};
-pub(crate) use task::{AsyncWork, BlockingWork, Counters, Job, RunCtx, Task, Work, drop_quietly};
+pub use handle::{JobHandle, JobId};
+pub(crate) use task::{Counters, Job, RunCtx, Task};
+pub(crate) use work::{AsyncWork, BlockingWork, Work, drop_quietly, panic_message};
