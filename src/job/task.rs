@@ -19,8 +19,8 @@ use tracing::Span;
 
 use crate::error::JobError;
 use crate::job::{Completion, Early, Resolve, Shared, Work, drop_quietly, panic_message};
-use crate::stats::{Outcome, Shard};
 use crate::stats::Telemetry;
+use crate::stats::{Outcome, Shard};
 
 /// Where a worker counts outcomes and latencies: its own stats shard and, with the
 /// `metrics` feature, the exported metrics. Every count goes to both, here.

@@ -14,8 +14,8 @@ mod key;
 mod rate;
 
 pub use key::{Key, KeyLimits, KeyStats};
-pub(crate) use rate::{Gcra, after, far_future};
 pub use rate::Rate;
+pub(crate) use rate::{Gcra, after, far_future};
 
 use tokio::time::Instant;
 

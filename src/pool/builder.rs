@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use crate::error::{BuildError, LimitError};
 use crate::limit::KeyLimits;
+use crate::limit::Rate;
 use crate::pool::Pool;
 use crate::sched::{Inner, SchedConfig};
-use crate::limit::Rate;
 
 /// Configures and builds a [`Pool`].
 ///

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::error::{JobError, SubmitError, TrySubmitError};
-use crate::job::JobHandle;
 use crate::job::AsyncWork;
+use crate::job::JobHandle;
 use crate::limit::Key;
 use crate::pool::{JobOpts, Pool};
 use crate::sched::Priority;

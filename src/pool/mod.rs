@@ -14,17 +14,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::adapters::Group;
 use crate::error::LimitError;
 use crate::error::{JobError, SubmitError, TrySubmitError};
-use crate::adapters::Group;
-use crate::job::{JobHandle, Shared};
 use crate::job::{BlockingWork, Task, Work};
+use crate::job::{JobHandle, Shared};
 use crate::limit::{Key, KeyLimits, KeyStats};
-use crate::sched::Priority;
-use crate::sched::{Inner, Place, Refused, Waiting};
 use crate::sched::Pos;
-use crate::stats::{ShutdownReport, Stats};
+use crate::sched::Priority;
 use crate::sched::Ticket;
+use crate::sched::{Inner, Place, Refused, Waiting};
+use crate::stats::{ShutdownReport, Stats};
 
 /// A bounded pool of long-lived worker tasks that run jobs from a bounded queue.
 ///

@@ -19,14 +19,14 @@ use tokio_util::task::TaskTracker;
 use crate::error::JobError;
 use crate::job::{Early, Resolve};
 use crate::job::{Job, Task, Work};
-use crate::limit::{Key, KeyLimits, KeyStats};
 use crate::limit::Clock;
-use crate::sched::Priority;
+use crate::limit::{Key, KeyLimits, KeyStats};
 use crate::limit::{Rate, after};
+use crate::sched::Priority;
 use crate::sched::{Gone, Pos, Queued, Sched};
-use crate::stats::{Outcome, Shard, Stats, Totals};
-use crate::stats::Telemetry;
 use crate::sched::{Granted, Ticket, Waiters};
+use crate::stats::Telemetry;
+use crate::stats::{Outcome, Shard, Stats, Totals};
 
 /// The job a worker holds a slot for, reported back when it ends.
 #[derive(Clone, Copy)]

@@ -27,20 +27,22 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::job::Job;
-use crate::limit::{Key, KeyLimits, KeyStats};
 use crate::limit::{Admit, Clock, Gate, Limiter};
 use crate::limit::{Gcra, Rate, far_future};
+use crate::limit::{Key, KeyLimits};
 use crate::stats::Outcome;
+
+use super::aging::Aging;
 
 /// The lane of unkeyed jobs. It always exists.
 pub(crate) const UNKEYED: u32 = 0;
 /// The `wakeups` entry of the pool's own gate.
-const POOL: u32 = u32::MAX;
-const HIGH: usize = 2;
+pub(super) const POOL: u32 = u32::MAX;
+pub(super) const HIGH: usize = 2;
 /// The queue of jobs lifted to `High` by aging: they arrive in id order, so a FIFO
 /// of their own keeps them sorted at O(1) a job; `High` picks take the older of
 /// the two fronts.
-const AGED: usize = 3;
+pub(super) const AGED: usize = 3;
 
 /// One accepted job waiting in the queue.
 pub(crate) struct Queued {
@@ -84,51 +86,56 @@ pub(crate) enum Gone {
 }
 
 #[derive(Default, Clone, Copy)]
-struct KeyCounts {
-    completed: u64,
-    cancelled: u64,
-    timed_out: u64,
-    queue_timed_out: u64,
-    panicked: u64,
+pub(super) struct KeyCounts {
+    pub(super) completed: u64,
+    pub(super) cancelled: u64,
+    pub(super) timed_out: u64,
+    pub(super) queue_timed_out: u64,
+    pub(super) panicked: u64,
 }
 
 /// `Low`, `Normal`, `High`, and aged jobs (ranked `High`).
-type Queues = [VecDeque<Queued>; 4];
+pub(super) type Queues = [VecDeque<Queued>; 4];
 
 /// Collected lanes kept for reuse (with their empty queues), so that a key that
 /// comes and goes (one job at a time) allocates nothing per job.
-const SPARE_LANES: usize = 64;
+pub(super) const SPARE_LANES: usize = 64;
 /// The largest capacity a spare queue keeps.
-const SPARE_CAPACITY: usize = 16;
+pub(super) const SPARE_CAPACITY: usize = 16;
 
 // `repr(C)`: the counters and flags a pick reads and writes share the first
 // cache line; the queue headers follow.
 #[repr(C)]
-struct Lane {
-    queued: usize,
+pub(super) struct Lane {
+    pub(super) queued: usize,
     /// Jobs taken by a worker and not yet reported ended (claimed or not): the
     /// lane must outlive them.
-    taken: usize,
+    pub(super) taken: usize,
     /// Distinguishes this lane from earlier ones in the same slot, whose ring
     /// entries may still be around.
-    generation: u32,
-    in_ring: [bool; 3],
+    pub(super) generation: u32,
+    pub(super) in_ring: [bool; 3],
     /// Known unable to start a job now; out of the rings until a release or timer.
-    blocked: bool,
+    pub(super) blocked: bool,
     /// Submitters wait for this key's queue: report the key when a job leaves it.
-    watched: bool,
-    gate: Gate,
-    queues: Queues,
+    pub(super) watched: bool,
+    pub(super) gate: Gate,
+    pub(super) queues: Queues,
     /// Its own queue capacity, if its limits set one (else the pool's key share).
-    capacity: Option<usize>,
+    pub(super) capacity: Option<usize>,
     /// The timer set for this lane, if any.
-    wake_at: Option<Instant>,
-    key: Option<Key>,
-    counts: KeyCounts,
+    pub(super) wake_at: Option<Instant>,
+    pub(super) key: Option<Key>,
+    pub(super) counts: KeyCounts,
 }
 
 impl Lane {
-    fn new(key: Option<Key>, generation: u32, limits: &KeyLimits, queues: Queues) -> Lane {
+    pub(super) fn new(
+        key: Option<Key>,
+        generation: u32,
+        limits: &KeyLimits,
+        queues: Queues,
+    ) -> Lane {
         Lane {
             key,
             generation,
@@ -146,13 +153,13 @@ impl Lane {
     }
 
     /// Whether jobs wait at rank `p` (for `High`: high or aged).
-    fn has(&self, p: usize) -> bool {
+    pub(super) fn has(&self, p: usize) -> bool {
         !self.queues[p].is_empty() || (p == HIGH && !self.queues[AGED].is_empty())
     }
 
     /// Takes the next job at rank `p`: for `High`, the older of the high and aged
     /// fronts.
-    fn pop(&mut self, p: usize) -> Option<Queued> {
+    pub(super) fn pop(&mut self, p: usize) -> Option<Queued> {
         if p == HIGH {
             let aged = self.queues[AGED].front().map(|q| q.id);
             let high = self.queues[HIGH].front().map(|q| q.id);
@@ -163,7 +170,7 @@ impl Lane {
         self.queues[p].pop_front()
     }
 
-    fn apply(&mut self, limits: &KeyLimits) {
+    pub(super) fn apply(&mut self, limits: &KeyLimits) {
         self.gate.concurrency.cap = limits.concurrency.unwrap_or(usize::MAX);
         self.capacity = limits.queue_capacity;
         self.gate.rate = match (self.gate.rate, limits.rate) {
@@ -176,7 +183,7 @@ impl Lane {
         };
     }
 
-    fn record(&mut self, outcome: Outcome) {
+    pub(super) fn record(&mut self, outcome: Outcome) {
         let c = &mut self.counts;
         match outcome {
             Outcome::Completed => c.completed += 1,
@@ -191,21 +198,21 @@ impl Lane {
 /// path, next to the scheduler's other hot fields), keyed lanes boxed (a slot left
 /// free after a peak of keys costs a pointer).
 #[repr(C)]
-struct Slab {
-    unkeyed: Lane,
+pub(super) struct Slab {
+    pub(super) unkeyed: Lane,
     /// Lane `i` is at `keyed[i - 1]`.
-    keyed: Vec<Option<Box<Lane>>>,
+    pub(super) keyed: Vec<Option<Box<Lane>>>,
 }
 
 impl Slab {
-    fn get(&self, li: u32) -> Option<&Lane> {
+    pub(super) fn get(&self, li: u32) -> Option<&Lane> {
         match li {
             UNKEYED => Some(&self.unkeyed),
             _ => self.keyed.get(li as usize - 1)?.as_deref(),
         }
     }
 
-    fn get_mut(&mut self, li: u32) -> Option<&mut Lane> {
+    pub(super) fn get_mut(&mut self, li: u32) -> Option<&mut Lane> {
         match li {
             UNKEYED => Some(&mut self.unkeyed),
             _ => self.keyed.get_mut(li as usize - 1)?.as_deref_mut(),
@@ -213,32 +220,24 @@ impl Slab {
     }
 
     /// Takes keyed lane `li` out of its slot.
-    fn take(&mut self, li: u32) -> Option<Box<Lane>> {
+    pub(super) fn take(&mut self, li: u32) -> Option<Box<Lane>> {
         self.keyed.get_mut((li as usize).checked_sub(1)?)?.take()
     }
 
     /// Puts a keyed lane into the free slot `li`.
-    fn put(&mut self, li: u32, lane: Box<Lane>) {
+    pub(super) fn put(&mut self, li: u32, lane: Box<Lane>) {
         self.keyed[li as usize - 1] = Some(lane);
     }
 
     /// Adds a keyed lane in a new slot and returns its index.
-    fn push(&mut self, lane: Box<Lane>) -> u32 {
+    pub(super) fn push(&mut self, lane: Box<Lane>) -> u32 {
         self.keyed.push(Some(lane));
         u32::try_from(self.keyed.len()).expect("fewer than 2^32 keys with state")
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.keyed.len() + 1
     }
-}
-
-/// A `Low` or `Normal` job's turn to be lifted to `High`.
-struct Aging {
-    due: Instant,
-    id: u64,
-    lane: u32,
-    prio: u8,
 }
 
 // `repr(C)`, with what every job reads or writes first, next to the pool's
@@ -250,37 +249,37 @@ pub(crate) struct Sched {
     /// Keys with waiting submitters whose queues have freed a place since the
     /// pool last looked (see `Lane::watched`).
     pub(crate) freed: Vec<Key>,
-    by_prio: [usize; 3],
+    pub(super) by_prio: [usize; 3],
     /// The pool's gate said no until then: nothing starts before the timer fires.
-    pool_blocked: Option<Instant>,
+    pub(super) pool_blocked: Option<Instant>,
     /// An earlier timer was set than the timer task may be sleeping for.
-    timer_dirty: bool,
+    pub(super) timer_dirty: bool,
     /// A job other than `Normal` has been submitted: aging is tracked from then on.
-    aging_on: bool,
+    pub(super) aging_on: bool,
     /// The pool's own limits: its rate and its pause. (Its concurrency is the
     /// worker count, kept by the pool state.)
-    pool: Gate,
-    rings: [VecDeque<(u32, u32)>; 3],
-    lanes: Slab,
-    aging: VecDeque<Aging>,
-    aging_after: Duration,
-    free: Vec<u32>,
+    pub(super) pool: Gate,
+    pub(super) rings: [VecDeque<(u32, u32)>; 3],
+    pub(super) lanes: Slab,
+    pub(super) aging: VecDeque<Aging>,
+    pub(super) aging_after: Duration,
+    pub(super) free: Vec<u32>,
     // Boxes, moved between `lanes` and here without copying the lane.
     #[allow(clippy::vec_box)]
-    spare: Vec<Box<Lane>>,
-    by_key: HashMap<Key, u32>,
-    overrides: HashMap<Key, KeyLimits>,
-    defaults: KeyLimits,
+    pub(super) spare: Vec<Box<Lane>>,
+    pub(super) by_key: HashMap<Key, u32>,
+    pub(super) overrides: HashMap<Key, KeyLimits>,
+    pub(super) defaults: KeyLimits,
     /// A key's share of the pool's places, where its limits set no queue
     /// capacity (from `key_share`, `queue_capacity` and the workers).
-    key_capacity: usize,
-    key_share: f64,
-    queue_capacity: usize,
+    pub(super) key_capacity: usize,
+    pub(super) key_share: f64,
+    pub(super) queue_capacity: usize,
     /// Times at which a lane (or `POOL`) may become startable or collectable.
-    wakeups: BTreeSet<(Instant, u32)>,
+    pub(super) wakeups: BTreeSet<(Instant, u32)>,
     /// Queue-timeout deadlines: (deadline, id, lane, priority at submit).
-    deadlines: BTreeSet<(Instant, u64, u32, u8)>,
-    next_generation: u32,
+    pub(super) deadlines: BTreeSet<(Instant, u64, u32, u8)>,
+    pub(super) next_generation: u32,
 }
 
 impl Sched {
@@ -324,7 +323,7 @@ impl Sched {
         sched
     }
 
-    fn lane(&mut self, li: u32) -> &mut Lane {
+    pub(super) fn lane(&mut self, li: u32) -> &mut Lane {
         self.lanes
             .get_mut(li)
             .expect("taskgate bug: a lane in use was removed")
@@ -341,16 +340,6 @@ impl Sched {
         self.queued > 0 && self.pool_blocked.is_none() && self.rings.iter().any(|r| !r.is_empty())
     }
 
-    /// The earliest timer, for the timer task.
-    pub(crate) fn next_timer(&self) -> Option<Instant> {
-        let d = self.deadlines.first().map(|e| e.0);
-        let w = self.wakeups.first().map(|e| e.0);
-        match (d, w) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     /// Whether a timer was set since the last call.
     pub(crate) fn take_timer_dirty(&mut self) -> bool {
         // Read first: a write on every job would dirty the line for nothing.
@@ -362,107 +351,13 @@ impl Sched {
         }
     }
 
-    fn set_timer_dirty(&mut self, at: Instant) {
-        if self.next_timer().is_none_or(|t| at < t) {
-            self.timer_dirty = true;
-        }
-    }
-
-    /// The lane for a new job of `key`, created if needed; `None` if the key's
-    /// queue is full (see `key_room`; places granted to the key's waiters do not
-    /// count: a push may take one, and the pool takes a grant back). Called only
-    /// once the pool's queue has room.
-    pub(crate) fn lane_for(&mut self, key: Option<&Key>) -> Option<u32> {
-        let Some(key) = key else {
-            return Some(UNKEYED);
-        };
-        match self.by_key.get(key) {
-            Some(&li) => {
-                let lane = self
-                    .lanes
-                    .get(li)
-                    .expect("taskgate bug: a key in the map has a lane");
-                let cap = self.cap_of(lane.capacity);
-                (lane.queued < cap).then_some(li)
-            }
-            // Nothing of the key is queued, and every cap is at least 1.
-            None => Some(self.create_lane(key)),
-        }
-    }
-
-    /// Whether `key`'s queue has a place beyond the `reserved` ones: its own queue
-    /// capacity, or its share of the pool's places (see `set_workers`).
-    pub(crate) fn key_room(&self, key: &Key, reserved: usize) -> bool {
-        let (queued, own) = match self.by_key.get(key).and_then(|&li| self.lanes.get(li)) {
-            Some(lane) => (lane.queued, lane.capacity),
-            None => (0, self.limits_of(key).queue_capacity),
-        };
-        queued.saturating_add(reserved) < self.cap_of(own)
-    }
-
-    fn cap_of(&self, own: Option<usize>) -> usize {
-        own.unwrap_or(self.key_capacity)
-    }
-
-    /// Sets a key's share of the pool's places for `workers` workers:
-    /// `max(1, ⌊share × (queue_capacity + workers)⌋)`. The pool's queue admits
-    /// `queue_capacity` plus a job per free worker, so the workers count: with
-    /// `queue_capacity(0)` a key still gets its share of the workers, and a share
-    /// of 1 lets it take every place.
-    pub(crate) fn set_workers(&mut self, workers: usize) {
-        let places = self.queue_capacity.saturating_add(workers);
-        // A float product of a count, floored: exact enough for a share of places.
-        self.key_capacity = ((places as f64 * self.key_share).floor() as usize).max(1);
-    }
-
-    fn limits_of(&self, key: &Key) -> KeyLimits {
-        self.overrides.get(key).copied().unwrap_or(self.defaults)
-    }
-
-    /// Submitters wait for `key`'s queue: report the key (in `freed`) when one of
-    /// its queued jobs leaves. A key with no lane has nothing queued; its waiters
-    /// wait for places granted to others, which come back through the waiters.
-    pub(crate) fn watch(&mut self, key: &Key) {
-        if let Some(&li) = self.by_key.get(key) {
-            self.lane(li).watched = true;
-        }
-    }
-
     /// Called as a job leaves lane `li`'s queue.
-    fn left_queue(freed: &mut Vec<Key>, lane: &mut Lane) {
+    pub(super) fn left_queue(freed: &mut Vec<Key>, lane: &mut Lane) {
         lane.queued -= 1;
         if lane.watched {
             lane.watched = false;
             freed.extend(lane.key.clone());
         }
-    }
-
-    fn create_lane(&mut self, key: &Key) -> u32 {
-        let limits = self.limits_of(key);
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let lane = match self.spare.pop() {
-            Some(mut lane) => {
-                let queues = std::mem::take(&mut lane.queues);
-                *lane = Lane::new(Some(key.clone()), generation, &limits, queues);
-                lane
-            }
-            None => Box::new(Lane::new(
-                Some(key.clone()),
-                generation,
-                &limits,
-                Queues::default(),
-            )),
-        };
-        let li = match self.free.pop() {
-            Some(li) => {
-                self.lanes.put(li, lane);
-                li
-            }
-            None => self.lanes.push(lane),
-        };
-        self.by_key.insert(key.clone(), li);
-        li
     }
 
     /// Queues `q` in its lane. `now` is when it was accepted.
@@ -496,7 +391,7 @@ impl Sched {
         self.enqueue_lane(li, p);
     }
 
-    fn enqueue_lane(&mut self, li: u32, p: usize) {
+    pub(super) fn enqueue_lane(&mut self, li: u32, p: usize) {
         let lane = self.lanes.get_mut(li).expect("lane exists");
         if !lane.blocked && !lane.in_ring[p] && lane.has(p) {
             lane.in_ring[p] = true;
@@ -506,7 +401,7 @@ impl Sched {
     }
 
     /// Puts an unblocked lane back in the rings of every priority it has jobs at.
-    fn unblock(&mut self, li: u32) {
+    pub(super) fn unblock(&mut self, li: u32) {
         if let Some(lane) = self.lanes.get_mut(li) {
             lane.blocked = false;
             for p in 0..3 {
@@ -612,88 +507,6 @@ impl Sched {
         None
     }
 
-    /// Lifts every `Low`/`Normal` job that has waited `aging_after` to its lane's
-    /// `High` queue.
-    fn promote(&mut self, now: Instant) {
-        while let Some(a) = self.aging.front() {
-            let (li, p, id, due) = (a.lane, usize::from(a.prio), a.id, a.due);
-            let live = self
-                .lanes
-                .get(li)
-                .is_some_and(|l| l.queues[p].front().is_some_and(|q| q.id == id));
-            if live && due > now {
-                break;
-            }
-            self.aging.pop_front();
-            if !live {
-                continue;
-            }
-            let lane = self.lane(li);
-            let q = lane.queues[p].pop_front().expect("checked live");
-            lane.queues[AGED].push_back(q);
-            self.by_prio[p] -= 1;
-            self.by_prio[HIGH] += 1;
-            self.enqueue_lane(li, HIGH);
-        }
-    }
-
-    /// Starts tracking queued jobs for aging, with the first job that is not
-    /// `Normal`: until then every job has one priority and aging cannot matter, so
-    /// the default path skips it. Entries for the `Normal` jobs already queued are
-    /// built once, from their acceptance times, in id order.
-    fn start_aging(&mut self) {
-        self.aging_on = true;
-        let after = self.aging_after;
-        let lanes = &self.lanes;
-        let mut entries: Vec<Aging> = (0..lanes.len() as u32)
-            .filter_map(|li| lanes.get(li).map(|l| (li, l)))
-            .flat_map(|(li, l)| {
-                l.queues[..HIGH].iter().enumerate().flat_map(move |(p, q)| {
-                    q.iter().map(move |j| {
-                        let at = j.job.submitted();
-                        Aging {
-                            due: at.checked_add(after).unwrap_or_else(|| far_future(at)),
-                            id: j.id,
-                            lane: li,
-                            prio: p as u8,
-                        }
-                    })
-                })
-            })
-            .collect();
-        entries.sort_unstable_by_key(|a| a.id);
-        self.aging = entries.into();
-    }
-
-    /// Drops aging entries whose jobs are no longer queued at their priority.
-    fn compact_aging(&mut self) {
-        let lanes = &self.lanes;
-        self.aging.retain(|a| {
-            lanes.get(a.lane).is_some_and(|l| {
-                l.queues[usize::from(a.prio)]
-                    .binary_search_by_key(&a.id, |q| q.id)
-                    .is_ok()
-            })
-        });
-    }
-
-    /// Sets (or brings forward) the timer of lane `li` (or `POOL`).
-    fn wake(&mut self, li: u32, at: Instant) {
-        if li != POOL {
-            let lane = self.lane(li);
-            match lane.wake_at {
-                Some(w) if w <= at => return,
-                Some(w) => {
-                    lane.wake_at = Some(at);
-                    self.wakeups.remove(&(w, li));
-                }
-                None => lane.wake_at = Some(at),
-            }
-        }
-        self.set_timer_dirty(at);
-        self.wakeups.insert((at, li));
-    }
-
     /// A job taken by `pick` has ended (or, if not `counted`, was found cancelled as it was taken).
     pub(crate) fn finish(&mut self, li: u32, counted: bool, outcome: Outcome, clock: &mut Clock) {
         if counted && self.pool.counts() {
@@ -713,55 +526,6 @@ impl Sched {
             }
         }
         self.collect(li, clock);
-    }
-
-    /// Removes a keyed lane that holds nothing: no job queued or taken, no pause,
-    /// no rate debt. One that still holds a pause or debt gets a timer to try again.
-    fn collect(&mut self, li: u32, clock: &mut Clock) {
-        if li == UNKEYED {
-            return;
-        }
-        let lane = self.lane(li);
-        if lane.queued > 0 || lane.taken > 0 {
-            return;
-        }
-        if let Some(until) = lane.gate.holds_until(clock) {
-            self.wake(li, until);
-            return;
-        }
-        let mut lane = self.lanes.take(li).expect("keyed lane exists");
-        if let Some(w) = lane.wake_at {
-            self.wakeups.remove(&(w, li));
-        }
-        if let Some(key) = lane.key {
-            self.by_key.remove(&key);
-            // Give back the map's memory after a peak of keys.
-            let cap = self.by_key.capacity();
-            if cap > 4096 && self.by_key.len() < cap / 8 {
-                self.by_key.shrink_to(cap / 4);
-                for ring in &mut self.rings {
-                    ring.shrink_to(cap / 4);
-                }
-                self.aging.shrink_to(self.aging.len().max(cap / 4));
-            }
-        }
-        self.free.push(li);
-        // The lane's ring entries are stale now; drop them once stale entries
-        // could outnumber live ones (a live lane has at most one per ring).
-        let live = 2 * (self.by_key.len() + 1) + 64;
-        for ring in &mut self.rings {
-            if ring.len() > live {
-                let lanes = &self.lanes;
-                ring.retain(|&(l, g)| lanes.get(l).is_some_and(|lane| lane.generation == g));
-            }
-        }
-        if self.spare.len() < SPARE_LANES {
-            lane.queues
-                .iter_mut()
-                .for_each(|q| q.shrink_to(SPARE_CAPACITY));
-            lane.key = None;
-            self.spare.push(lane);
-        }
     }
 
     /// Takes a queued job out (cancelled, or its queue timeout expired), counts it
@@ -805,50 +569,6 @@ impl Sched {
         Some((q, why))
     }
 
-    /// Expires due queue deadlines into `expired` and fires due wakeups. Returns
-    /// whether a lane (or the pool) may have become startable.
-    pub(crate) fn fire(&mut self, now: Instant, expired: &mut Vec<(Queued, Gone)>) -> bool {
-        let mut clock = Clock::at(now);
-        while let Some(&(d, id, li, prio)) = self.deadlines.first() {
-            if d > now {
-                break;
-            }
-            self.deadlines.pop_first();
-            let why = Gone::QueueTimedOut;
-            expired.extend(self.take(li, prio, id, why, &mut clock));
-        }
-        self.wake_due(now, &mut clock)
-    }
-
-    /// Fires the wakeups due at `now`: lanes back into the rings, the pool
-    /// unblocked, idle lanes collected. Returns whether anything may now start.
-    pub(crate) fn wake_due(&mut self, now: Instant, clock: &mut Clock) -> bool {
-        let mut woke = false;
-        while let Some(&(t, li)) = self.wakeups.first() {
-            if t > now {
-                break;
-            }
-            self.wakeups.pop_first();
-            if li == POOL {
-                if self.pool_blocked.is_some_and(|b| b <= now) {
-                    self.pool_blocked = None;
-                    woke = true;
-                }
-                continue;
-            }
-            let Some(lane) = self.lanes.get_mut(li) else {
-                continue;
-            };
-            if lane.wake_at == Some(t) {
-                lane.wake_at = None;
-            }
-            self.unblock(li);
-            self.collect(li, clock);
-            woke = true;
-        }
-        woke
-    }
-
     /// Takes every queued job out (abort), counting them cancelled.
     pub(crate) fn drain(&mut self, clock: &mut Clock) -> Vec<Queued> {
         let mut out = Vec::with_capacity(self.queued);
@@ -874,68 +594,5 @@ impl Sched {
         self.queued = 0;
         self.by_prio = [0; 3];
         out
-    }
-
-    /// Pauses the pool (`key: None`) or one key until `until`.
-    pub(crate) fn pause(&mut self, key: Option<&Key>, until: Instant) {
-        match key {
-            None => {
-                self.pool.pause.extend(until);
-                let end = self.pool.pause.until.expect("just set");
-                self.pool_blocked = Some(self.pool_blocked.map_or(end, |b| b.max(end)));
-                self.wake(POOL, end);
-            }
-            Some(key) => {
-                let li = match self.by_key.get(key) {
-                    Some(&li) => li,
-                    None => self.create_lane(key),
-                };
-                let lane = self.lane(li);
-                lane.gate.pause.extend(until);
-                lane.blocked = true;
-                let end = lane.gate.pause.until.expect("just set");
-                self.wake(li, end);
-            }
-        }
-    }
-
-    /// Sets (`Some`) or clears (`None`) the override of `key`'s limits.
-    pub(crate) fn set_limits(&mut self, key: Key, limits: Option<KeyLimits>, clock: &mut Clock) {
-        let applied = match limits {
-            Some(l) => {
-                self.overrides.insert(key.clone(), l);
-                l
-            }
-            None => {
-                self.overrides.remove(&key);
-                self.defaults
-            }
-        };
-        if let Some(&li) = self.by_key.get(&key) {
-            self.lane(li).apply(&applied);
-            self.unblock(li);
-            self.collect(li, clock);
-        }
-    }
-
-    pub(crate) fn key_stats(&self, key: &Key, clock: &mut Clock) -> Option<KeyStats> {
-        let &li = self.by_key.get(key)?;
-        let lane = self.lanes.get(li)?;
-        let c = lane.counts;
-        Some(KeyStats {
-            busy: lane.gate.concurrency.running,
-            queued: lane.queued,
-            completed: c.completed,
-            cancelled: c.cancelled,
-            timed_out: c.timed_out,
-            queue_timed_out: c.queue_timed_out,
-            panicked: c.panicked,
-            paused_until: lane.gate.pause.active(clock),
-        })
-    }
-
-    /// Until when the pool is paused, if it is.
-    pub(crate) fn paused_until(&self, clock: &mut Clock) -> Option<Instant> {
-        self.pool.pause.active(clock)
     }
 }

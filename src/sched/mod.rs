@@ -1,8 +1,11 @@
 //! The shared core: the queue, the scheduler, worker accounting and waiting submitters.
 
+mod aging;
 mod inner;
+mod keys;
 mod lanes;
 mod priority;
+mod timers;
 mod waiters;
 
 pub(crate) use inner::{Held, Inner, Place, Refused, SchedConfig, Waiting};
