@@ -17,16 +17,17 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::error::JobError;
-use crate::job::{Early, Resolve};
 use crate::job::{Job, Task, Work};
 use crate::limit::Clock;
-use crate::limit::{Key, KeyLimits, KeyStats};
-use crate::limit::{Rate, after};
+use crate::limit::Rate;
+use crate::limit::{Key, KeyLimits};
 use crate::sched::Priority;
 use crate::sched::{Gone, Pos, Queued, Sched};
-use crate::sched::{Granted, Ticket, Waiters};
+use crate::sched::{Ticket, Waiters};
+
+use super::state::{Action, State, TimerAct};
 use crate::stats::Telemetry;
-use crate::stats::{Outcome, Shard, Stats, Totals};
+use crate::stats::{Outcome, Shard};
 
 /// The job a worker holds a slot for, reported back when it ends.
 #[derive(Clone, Copy)]
@@ -68,296 +69,27 @@ pub(crate) enum Refused {
     Closed,
 }
 
-/// A worker's entry in the scheduler.
-struct Slot {
-    /// The worker task's waker: to unpark it, or to interrupt its job on abort.
-    waker: Option<Waker>,
-    /// In the idle stack, waiting for a job.
-    parked: bool,
-    /// Woken (or spawned) to look for a job, and not yet checked in.
-    woken: bool,
-    /// The id of the job this worker holds, so a cancel can find and wake it.
-    running: Option<u64>,
-    /// The cell of the blocking closure this worker holds, which no wake can
-    /// interrupt: the pool's abort resolves its handle through it.
-    inline: Option<Arc<dyn Resolve>>,
-    shard: Arc<Shard>,
-}
-
-/// Something to do once the lock is released.
-enum Action {
-    Wake(Waker),
-    Spawn(usize, Arc<Shard>),
-}
-
-/// What the timer task needs once the lock is released.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum TimerAct {
-    None,
-    Spawn,
-    Notify,
-}
-
-// `repr(C)` with the fields every job touches first: they share the lock's cache
-// line and the next one (the pair `Padded` aligns), so a critical section moves
-// two lines between cores rather than four or five.
-#[repr(C)]
-pub(crate) struct State {
-    /// Jobs running now.
-    busy: usize,
-    next_id: u64,
-    submitted: u64,
-    /// Workers wanted (set by the builder and `resize`).
-    target: usize,
-    /// Workers woken or spawned that have not checked in yet.
-    searching: usize,
-    /// Worker tasks alive and not yet decided to exit.
-    live: usize,
-    closed: bool,
-    reaper_running: bool,
-    /// Right after the scalars every job touches; its own hot fields come first.
-    sched: Sched,
-    /// Submitters waiting for queue space, and the places granted to them.
-    waiters: Waiters,
-    /// Parked workers, most recently parked last (reused first: its cache is warm).
-    idle: Vec<usize>,
-    slots: Vec<Option<Slot>>,
-    free_slots: Vec<usize>,
-    rejected: u64,
-    /// Jobs cancelled while queued (by their caller, or by abort).
-    cancelled: u64,
-    /// Of `cancelled`, those cancelled by abort.
-    aborted: u64,
-    queue_timed_out: u64,
-    /// Counters of workers that have exited.
-    retired: Shard,
-}
-
-impl State {
-    /// Sets the exported gauges; called under the lock, so the last value set is
-    /// the current one. Nothing when the `metrics` feature is off.
-    #[inline]
-    fn publish(&self, t: &Telemetry) {
-        t.gauges(self.target.max(self.busy), self.busy, self.sched.queued);
-    }
-
-    /// Counts `n` queued jobs cancelled (`by_abort`: by abort or a lost worker).
-    fn count_cancelled(&mut self, t: &Telemetry, n: u64, by_abort: bool) {
-        self.cancelled += n;
-        if by_abort {
-            self.aborted += n;
-        }
-        t.cancelled(n);
-    }
-
-    fn count_queue_timed_out(&mut self, t: &Telemetry) {
-        self.queue_timed_out += 1;
-        t.queue_timed_out(1);
-    }
-
-    fn count_rejected(&mut self, t: &Telemetry) {
-        self.rejected += 1;
-        t.rejected();
-    }
-
-    /// The pool's places: its queue capacity plus a job per free worker.
-    fn places(&self, capacity: usize) -> usize {
-        capacity.saturating_add(self.target.saturating_sub(self.busy))
-    }
-
-    /// Whether the pool's queue has a place for a job pushed now. Places granted
-    /// to waiters do not count: a push takes one of those if it must, and the
-    /// grant goes back (`take_back`), so a waiter that was granted a place but is
-    /// not polled (a stream's pending submission while its consumer is busy)
-    /// cannot keep an idle pool from taking jobs.
-    fn has_space(&self, capacity: usize) -> bool {
-        self.sched.queued < self.places(capacity)
-    }
-
-    /// Whether a place is left to grant to a waiter.
-    fn room_to_grant(&self, capacity: usize) -> bool {
-        self.sched.queued.saturating_add(self.waiters.granted) < self.places(capacity)
-    }
-
-    /// After a push (of a job of `key`), takes back one grant if the grants no
-    /// longer fit: the youngest of the key's if its queue is over (the push took
-    /// a place earmarked for the key, or the key's cap was lowered since the
-    /// grants were made), else the youngest of all if the pool is over. Returns
-    /// whether it took one back: the place that frees may then fit another
-    /// waiter, so the caller grants again.
-    fn take_back(&mut self, capacity: usize, key: Option<&Key>) -> bool {
-        if let Some(k) = key {
-            let reserved = self.waiters.granted_for(Some(k));
-            if reserved > 0 && !self.sched.key_room(k, reserved - 1) {
-                return self.waiters.revoke(Some(k)).is_some();
-            }
-        }
-        if self.sched.queued + self.waiters.granted > self.places(capacity) {
-            return self.waiters.revoke(None).is_some();
-        }
-        false
-    }
-
-    /// Hands places that may have freed to waiting submitters, oldest first among
-    /// those whose key queue has room (see `waiters.rs`), and collects their wakers.
-    /// Called after every change that can free a place: a job leaving the queue or
-    /// ending, a grant given back, more workers, a key's limits changed.
-    fn grant(&mut self, capacity: usize, wakers: &mut Vec<Waker>) {
-        if self.waiters.is_empty() {
-            if !self.sched.freed.is_empty() {
-                self.sched.freed.clear();
-            }
-            return;
-        }
-        let mut freed = std::mem::take(&mut self.sched.freed);
-        for key in freed.drain(..) {
-            self.waiters.make_ready(Some(&key));
-        }
-        // Keeps the buffer.
-        self.sched.freed = freed;
-        while self.waiters.any_ready() && self.room_to_grant(capacity) {
-            let sched = &self.sched;
-            match self
-                .waiters
-                .grant_next(|k, reserved| sched.key_room(k, reserved))
-            {
-                Granted::Woke(w) => wakers.extend(w),
-                Granted::Blocked(k) => self.sched.watch(&k),
-                Granted::None => break,
-            }
-        }
-    }
-
-    /// Whether the timer task must be spawned or woken for a timer just set.
-    fn timer_act(&mut self) -> TimerAct {
-        if !self.sched.take_timer_dirty() {
-            TimerAct::None
-        } else if self.reaper_running {
-            TimerAct::Notify
-        } else {
-            self.reaper_running = true;
-            TimerAct::Spawn
-        }
-    }
-
-    /// Wakes or spawns one worker if queued jobs have nobody coming for them.
-    ///
-    /// At most one worker is searching at a time: a worker that takes a job wakes
-    /// the next one if more are queued (see `next_job`). A burst of submissions
-    /// therefore wakes workers one hop at a time, as many as the jobs keep busy,
-    /// instead of waking every idle worker at once only for most to find nothing.
-    fn dispatch(&mut self) -> Option<Action> {
-        if self.searching > 0 || self.busy >= self.target || !self.sched.startable() {
-            return None;
-        }
-        if let Some(idx) = self.idle.pop() {
-            let slot = self.slots[idx].as_mut().expect("idle slot exists");
-            slot.parked = false;
-            slot.woken = true;
-            self.searching += 1;
-            return slot.waker.clone().map(Action::Wake);
-        }
-        if self.live < self.target {
-            self.live += 1;
-            self.searching += 1;
-            let shard = Arc::new(Shard::new());
-            let slot = Slot {
-                waker: None,
-                parked: false,
-                woken: true,
-                running: None,
-                inline: None,
-                shard: shard.clone(),
-            };
-            let idx = match self.free_slots.pop() {
-                Some(i) => {
-                    self.slots[i] = Some(slot);
-                    i
-                }
-                None => {
-                    self.slots.push(Some(slot));
-                    self.slots.len() - 1
-                }
-            };
-            return Some(Action::Spawn(idx, shard));
-        }
-        None
-    }
-
-    /// Unparks every parked worker (to exit, or to re-check after close) and
-    /// returns their wakers, to wake once the lock is released.
-    fn unpark_all(&mut self, out: &mut Vec<Waker>) {
-        while let Some(idx) = self.idle.pop() {
-            let slot = self.slots[idx].as_mut().expect("idle slot exists");
-            slot.parked = false;
-            slot.woken = true;
-            self.searching += 1;
-            out.extend(slot.waker.clone());
-        }
-    }
-
-    /// After close, once nothing is queued, unparks idle workers so that they exit.
-    /// (A worker parks while every queued job is held by a key limit or rate; the
-    /// last of those may then leave the queue without it.)
-    fn release_idle_if_drained(&mut self, out: &mut Vec<Waker>) {
-        if self.closed && self.sched.queued == 0 && !self.idle.is_empty() {
-            self.unpark_all(out);
-        }
-    }
-
-    /// With no timer task (a closed pool with nothing queued), fires the wakeups
-    /// that are due, so that key state whose pause or rate debt has ended is gone
-    /// when looked at, as it would be on an open pool.
-    fn catch_up(&mut self, clock: &mut Clock) {
-        if !self.reaper_running && self.closed {
-            let now = clock.now();
-            self.sched.wake_due(now, clock);
-        }
-    }
-
-    /// Sums the counters of every worker, live and retired.
-    fn totals(&self) -> Totals {
-        let mut totals = Totals::new();
-        totals.add(&self.retired);
-        for slot in self.slots.iter().flatten() {
-            totals.add(&slot.shard);
-        }
-        totals
-    }
-
-    fn remove_slot(&mut self, idx: usize) {
-        if let Some(slot) = self.slots[idx].take() {
-            self.retired.merge_from(&slot.shard);
-            if slot.woken {
-                self.searching -= 1;
-            }
-            self.idle.retain(|&i| i != idx);
-            self.free_slots.push(idx);
-        }
-    }
-}
-
 /// Aligns its content to two cache lines (the unit the adjacent-line prefetcher
 /// pulls in), so that it shares no line with its neighbours.
 #[repr(align(128))]
-struct Padded<T>(T);
+pub(super) struct Padded<T>(T);
 
 /// The pool itself, shared by every [`Pool`](crate::Pool) clone, every
 /// [`JobHandle`](crate::JobHandle) and every worker.
 pub(crate) struct Inner {
     /// On its own cache lines: producers and workers bounce this line between
     /// cores on every job, and the read-mostly fields below should not ride along.
-    state: Padded<Mutex<State>>,
+    pub(super) state: Padded<Mutex<State>>,
     /// Progress towards drained (a worker exited, the queue shrank while closed),
     /// for `shutdown`.
-    drained: Notify,
+    pub(super) drained: Notify,
     /// A new earliest timer (queue deadline, end of a rate wait or pause), or close,
     /// for the timer task.
-    reaper: Notify,
+    pub(super) reaper: Notify,
     pub(crate) aborted: AtomicBool,
-    closed: AtomicBool,
-    rt: Handle,
-    tracker: TaskTracker,
+    pub(super) closed: AtomicBool,
+    pub(super) rt: Handle,
+    pub(super) tracker: TaskTracker,
     pub(crate) name: Arc<str>,
     pub(crate) capacity: usize,
     pub(crate) job_timeout: Option<Duration>,
@@ -419,7 +151,7 @@ impl Inner {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics while the lock is held, but a poisoned lock must not turn
         // one failure into a cascade.
         self.state.0.lock().unwrap_or_else(PoisonError::into_inner)
@@ -445,7 +177,7 @@ impl Inner {
         self.tracker.spawn_on(fut, &self.rt);
     }
 
-    fn act(self: &Arc<Self>, action: Action) {
+    pub(super) fn act(self: &Arc<Self>, action: Action) {
         match action {
             Action::Wake(w) => w.wake(),
             Action::Spawn(idx, shard) => {
@@ -454,7 +186,7 @@ impl Inner {
         }
     }
 
-    fn timer(self: &Arc<Self>, act: TimerAct) {
+    pub(super) fn timer(self: &Arc<Self>, act: TimerAct) {
         match act {
             TimerAct::None => {}
             TimerAct::Spawn => crate::worker::spawn_reaper(self, &self.tracker, &self.rt),
@@ -646,7 +378,7 @@ impl Inner {
         result
     }
 
-    fn next_locked(
+    pub(super) fn next_locked(
         &self,
         st: &mut State,
         idx: usize,
@@ -831,191 +563,5 @@ impl Inner {
 
     pub(crate) fn reaper_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.reaper.notified()
-    }
-
-    /// Pauses the pool (`key: None`) or one key for `d`.
-    pub(crate) fn pause(self: &Arc<Self>, key: Option<&Key>, d: Duration) {
-        if d.is_zero() {
-            return;
-        }
-        let now = Instant::now();
-        let timer = {
-            let mut st = self.lock();
-            st.sched.pause(key, after(now, d));
-            st.timer_act()
-        };
-        self.timer(timer);
-        match key {
-            Some(k) => {
-                tracing::debug!(pool = %self.name, key = %k, pause = ?d, "taskgate: key paused")
-            }
-            None => tracing::debug!(pool = %self.name, pause = ?d, "taskgate: pool paused"),
-        }
-    }
-
-    /// Until when the pool is paused, if it is.
-    pub(crate) fn paused_until(&self) -> Option<Instant> {
-        self.lock().sched.paused_until(&mut Clock::default())
-    }
-
-    /// Sets or clears one key's limits.
-    pub(crate) fn set_key_limits(self: &Arc<Self>, key: Key, limits: Option<KeyLimits>) {
-        let mut wakers = Vec::new();
-        let (action, timer) = {
-            let mut st = self.lock();
-            // The key's queue capacity may have grown.
-            st.waiters.make_ready(Some(&key));
-            st.sched.set_limits(key, limits, &mut Clock::default());
-            st.grant(self.capacity, &mut wakers);
-            (st.dispatch(), st.timer_act())
-        };
-        if let Some(a) = action {
-            self.act(a);
-        }
-        self.timer(timer);
-        wakers.into_iter().for_each(Waker::wake);
-    }
-
-    pub(crate) fn key_stats(&self, key: &Key) -> Option<KeyStats> {
-        let mut st = self.lock();
-        let mut clock = Clock::default();
-        st.catch_up(&mut clock);
-        st.sched.key_stats(key, &mut clock)
-    }
-
-    pub(crate) fn close(&self) {
-        let mut wakers = Vec::new();
-        {
-            let mut st = self.lock();
-            if st.closed {
-                return;
-            }
-            st.closed = true;
-            self.closed.store(true, Ordering::Release);
-            st.unpark_all(&mut wakers);
-            st.waiters.wake_all(&mut wakers);
-        }
-        self.tracker.close();
-        for w in wakers {
-            w.wake();
-        }
-        self.reaper.notify_one();
-        tracing::debug!(pool = %self.name, "taskgate: pool closed");
-    }
-
-    pub(crate) fn abort(&self) {
-        self.aborted.store(true, Ordering::Release);
-        let mut wakers = Vec::new();
-        let mut inline = Vec::new();
-        let drained: Vec<Queued> = {
-            let mut st = self.lock();
-            st.closed = true;
-            self.closed.store(true, Ordering::Release);
-            let drained = st.sched.drain(&mut Clock::default());
-            st.count_cancelled(&self.telemetry, drained.len() as u64, true);
-            st.publish(&self.telemetry);
-            st.unpark_all(&mut wakers);
-            st.waiters.wake_all(&mut wakers);
-            // Interrupt running jobs: their workers see `aborted` at the next poll.
-            for slot in st.slots.iter().flatten() {
-                if let Some(w) = &slot.waker {
-                    wakers.push(w.clone());
-                }
-                // A blocking closure cannot see the flag until it returns.
-                inline.extend(slot.inline.clone());
-            }
-            drained
-        };
-        self.tracker.close();
-        if !drained.is_empty() {
-            tracing::debug!(pool = %self.name, jobs = drained.len(), "taskgate: pool aborted; queued jobs cancelled");
-        }
-        for q in drained {
-            let mut job = q.job;
-            job.as_mut().resolve_unstarted(JobError::Cancelled);
-        }
-        for cell in inline {
-            cell.resolve_early(Early::Aborted);
-        }
-        for w in wakers {
-            w.wake();
-        }
-        self.reaper.notify_one();
-        self.drained.notify_waiters();
-    }
-
-    pub(crate) fn resize(self: &Arc<Self>, workers: usize) {
-        let mut wakers = Vec::new();
-        let mut actions = Vec::new();
-        {
-            let mut st = self.lock();
-            st.target = workers;
-            // A key's share of the places moves with the size.
-            st.sched.set_workers(workers);
-            st.waiters.make_all_ready();
-            if st.live > workers {
-                // Wake idle workers so the surplus can exit; busy ones exit when
-                // their job ends. Running jobs are never interrupted.
-                st.unpark_all(&mut wakers);
-            }
-            while let Some(a) = st.dispatch() {
-                actions.push(a);
-            }
-            st.publish(&self.telemetry);
-            // More workers, more places.
-            st.grant(self.capacity, &mut wakers);
-        }
-        for w in wakers {
-            w.wake();
-        }
-        for a in actions {
-            self.act(a);
-        }
-        self.drained.notify_waiters();
-        tracing::debug!(pool = %self.name, workers, "taskgate: pool resized");
-    }
-
-    /// Notified whenever the pool may have become drained.
-    pub(crate) fn drained(&self) -> tokio::sync::futures::Notified<'_> {
-        self.drained.notified()
-    }
-
-    /// Whether nothing is queued, no worker is alive or being spawned, and the
-    /// timer task is not running or being spawned. (`live` and `reaper_running` are
-    /// set under the lock before the spawn, so a spawn in flight counts.)
-    pub(crate) fn is_drained(&self) -> bool {
-        let st = self.lock();
-        st.sched.queued == 0 && st.live == 0 && st.busy == 0 && !st.reaper_running
-    }
-
-    pub(crate) async fn wait_workers(&self) {
-        self.tracker.wait().await;
-    }
-
-    pub(crate) fn stats(&self) -> Stats {
-        let mut st = self.lock();
-        st.catch_up(&mut Clock::default());
-        let totals = st.totals();
-        Stats {
-            workers: st.target.max(st.busy),
-            busy: st.busy,
-            queued: st.sched.queued,
-            keys: st.sched.keys(),
-            submitted: st.submitted,
-            completed: totals.completed,
-            cancelled: totals.cancelled + st.cancelled,
-            timed_out: totals.timed_out,
-            queue_timed_out: st.queue_timed_out,
-            panicked: totals.panicked,
-            rejected: st.rejected,
-            queue_wait: totals.queue_wait(),
-            run_time: totals.run_time(),
-        }
-    }
-
-    /// Jobs cancelled by abort so far, queued and running.
-    pub(crate) fn aborted_count(&self) -> u64 {
-        let st = self.lock();
-        st.aborted + st.totals().aborted
     }
 }

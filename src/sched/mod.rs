@@ -1,10 +1,12 @@
 //! The shared core: the queue, the scheduler, worker accounting and waiting submitters.
 
 mod aging;
+mod control;
 mod inner;
 mod keys;
 mod lanes;
 mod priority;
+mod state;
 mod timers;
 mod waiters;
 

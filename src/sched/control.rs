@@ -1,0 +1,204 @@
+//! The pool's control operations on [`Inner`]: pause, key limits and key stats,
+//! close, abort, resize, drain and stats.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::JobError;
+use crate::job::Early;
+use crate::limit::{Clock, Key, KeyLimits, KeyStats, after};
+use crate::stats::Stats;
+
+use super::{Inner, Queued};
+
+impl Inner {
+    /// Pauses the pool (`key: None`) or one key for `d`.
+    pub(crate) fn pause(self: &Arc<Self>, key: Option<&Key>, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let timer = {
+            let mut st = self.lock();
+            st.sched.pause(key, after(now, d));
+            st.timer_act()
+        };
+        self.timer(timer);
+        match key {
+            Some(k) => {
+                tracing::debug!(pool = %self.name, key = %k, pause = ?d, "taskgate: key paused")
+            }
+            None => tracing::debug!(pool = %self.name, pause = ?d, "taskgate: pool paused"),
+        }
+    }
+
+    /// Until when the pool is paused, if it is.
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
+        self.lock().sched.paused_until(&mut Clock::default())
+    }
+
+    /// Sets or clears one key's limits.
+    pub(crate) fn set_key_limits(self: &Arc<Self>, key: Key, limits: Option<KeyLimits>) {
+        let mut wakers = Vec::new();
+        let (action, timer) = {
+            let mut st = self.lock();
+            // The key's queue capacity may have grown.
+            st.waiters.make_ready(Some(&key));
+            st.sched.set_limits(key, limits, &mut Clock::default());
+            st.grant(self.capacity, &mut wakers);
+            (st.dispatch(), st.timer_act())
+        };
+        if let Some(a) = action {
+            self.act(a);
+        }
+        self.timer(timer);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    pub(crate) fn key_stats(&self, key: &Key) -> Option<KeyStats> {
+        let mut st = self.lock();
+        let mut clock = Clock::default();
+        st.catch_up(&mut clock);
+        st.sched.key_stats(key, &mut clock)
+    }
+
+    pub(crate) fn close(&self) {
+        let mut wakers = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            st.closed = true;
+            self.closed.store(true, Ordering::Release);
+            st.unpark_all(&mut wakers);
+            st.waiters.wake_all(&mut wakers);
+        }
+        self.tracker.close();
+        for w in wakers {
+            w.wake();
+        }
+        self.reaper.notify_one();
+        tracing::debug!(pool = %self.name, "taskgate: pool closed");
+    }
+
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        let mut wakers = Vec::new();
+        let mut inline = Vec::new();
+        let drained: Vec<Queued> = {
+            let mut st = self.lock();
+            st.closed = true;
+            self.closed.store(true, Ordering::Release);
+            let drained = st.sched.drain(&mut Clock::default());
+            st.count_cancelled(&self.telemetry, drained.len() as u64, true);
+            st.publish(&self.telemetry);
+            st.unpark_all(&mut wakers);
+            st.waiters.wake_all(&mut wakers);
+            // Interrupt running jobs: their workers see `aborted` at the next poll.
+            for slot in st.slots.iter().flatten() {
+                if let Some(w) = &slot.waker {
+                    wakers.push(w.clone());
+                }
+                // A blocking closure cannot see the flag until it returns.
+                inline.extend(slot.inline.clone());
+            }
+            drained
+        };
+        self.tracker.close();
+        if !drained.is_empty() {
+            tracing::debug!(pool = %self.name, jobs = drained.len(), "taskgate: pool aborted; queued jobs cancelled");
+        }
+        for q in drained {
+            let mut job = q.job;
+            job.as_mut().resolve_unstarted(JobError::Cancelled);
+        }
+        for cell in inline {
+            cell.resolve_early(Early::Aborted);
+        }
+        for w in wakers {
+            w.wake();
+        }
+        self.reaper.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    pub(crate) fn resize(self: &Arc<Self>, workers: usize) {
+        let mut wakers = Vec::new();
+        let mut actions = Vec::new();
+        {
+            let mut st = self.lock();
+            st.target = workers;
+            // A key's share of the places moves with the size.
+            st.sched.set_workers(workers);
+            st.waiters.make_all_ready();
+            if st.live > workers {
+                // Wake idle workers so the surplus can exit; busy ones exit when
+                // their job ends. Running jobs are never interrupted.
+                st.unpark_all(&mut wakers);
+            }
+            while let Some(a) = st.dispatch() {
+                actions.push(a);
+            }
+            st.publish(&self.telemetry);
+            // More workers, more places.
+            st.grant(self.capacity, &mut wakers);
+        }
+        for w in wakers {
+            w.wake();
+        }
+        for a in actions {
+            self.act(a);
+        }
+        self.drained.notify_waiters();
+        tracing::debug!(pool = %self.name, workers, "taskgate: pool resized");
+    }
+
+    /// Notified whenever the pool may have become drained.
+    pub(crate) fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
+    }
+
+    /// Whether nothing is queued, no worker is alive or being spawned, and the
+    /// timer task is not running or being spawned. (`live` and `reaper_running` are
+    /// set under the lock before the spawn, so a spawn in flight counts.)
+    pub(crate) fn is_drained(&self) -> bool {
+        let st = self.lock();
+        st.sched.queued == 0 && st.live == 0 && st.busy == 0 && !st.reaper_running
+    }
+
+    pub(crate) async fn wait_workers(&self) {
+        self.tracker.wait().await;
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut st = self.lock();
+        st.catch_up(&mut Clock::default());
+        let totals = st.totals();
+        Stats {
+            workers: st.target.max(st.busy),
+            busy: st.busy,
+            queued: st.sched.queued,
+            keys: st.sched.keys(),
+            submitted: st.submitted,
+            completed: totals.completed,
+            cancelled: totals.cancelled + st.cancelled,
+            timed_out: totals.timed_out,
+            queue_timed_out: st.queue_timed_out,
+            panicked: totals.panicked,
+            rejected: st.rejected,
+            queue_wait: totals.queue_wait(),
+            run_time: totals.run_time(),
+        }
+    }
+
+    /// Jobs cancelled by abort so far, queued and running.
+    pub(crate) fn aborted_count(&self) -> u64 {
+        let st = self.lock();
+        st.aborted + st.totals().aborted
+    }
+}
