@@ -6,14 +6,38 @@
 //! may start (`check`, which takes nothing), and only when both say yes does it take
 //! from each (`acquire`). When the job ends, its lane's gate hears the outcome
 //! (`release`). So a job counts once against every limit, and a job that never
-//! starts counts against none. A new kind of limit (an adaptive concurrency limit
-//! that learns from latency and outcomes, or a rate shared through Redis) is one
-//! more `Limiter` field in `Gate`, with no change to the scheduler.
+//! starts counts against none.
+//!
+//! The limiters: [`ConcurrencyLimit`] (`concurrency.rs`), [`Pause`] (`pause.rs`)
+//! and the GCRA rate, [`Gcra`] (`rate.rs`, with the public [`Rate`]). The public
+//! per-key settings, [`Key`], [`KeyLimits`] and [`KeyStats`], are in `key.rs`.
+//!
+//! # Adding a limiter
+//!
+//! A new kind of limit (an adaptive concurrency limit that learns from latency and
+//! outcomes, or a rate shared through Redis) is a new file here with a type that
+//! implements [`Limiter`], and one more field in [`Gate`] (`gate.rs`), checked in
+//! `Gate::check` and taken in `Gate::acquire`: no change to the scheduler's `pick`.
+//! Rules: `check` must not block (it runs under the pool lock: a limit shared
+//! through Redis answers from a locally leased batch and says [`Admit::At`] when
+//! the batch is spent), and takes nothing; `acquire` takes. A limiter that answers
+//! [`Admit::OnRelease`] also needs its "below the limit again" test where the
+//! scheduler unblocks a lane when a job ends (`Sched::finish`, `sched/lanes.rs`),
+//! which today looks at the concurrency cap only; a limiter that learns from run
+//! time needs the run time passed to `release` (today only the outcome is). The
+//! public setting goes into [`KeyLimits`] (per key) or the `Builder` (the pool),
+//! and from there into `Gate::new`.
 
+mod concurrency;
+mod gate;
 mod key;
+mod pause;
 mod rate;
 
+pub(crate) use concurrency::ConcurrencyLimit;
+pub(crate) use gate::Gate;
 pub use key::{Key, KeyLimits, KeyStats};
+pub(crate) use pause::Pause;
 pub use rate::Rate;
 pub(crate) use rate::{Gcra, after, far_future};
 
@@ -65,160 +89,4 @@ pub(crate) trait Limiter {
     /// Until when the limiter holds state that would be lost if its lane were
     /// removed (a pause, a rate debt); `None` if it holds none past now.
     fn holds_until(&self, clock: &mut Clock) -> Option<Instant>;
-}
-
-/// At most `cap` jobs at once.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ConcurrencyLimit {
-    pub(crate) cap: usize,
-    pub(crate) running: usize,
-}
-
-impl Limiter for ConcurrencyLimit {
-    #[inline]
-    fn check(&self, _: &mut Clock) -> Admit {
-        if self.running < self.cap {
-            Admit::Now
-        } else {
-            Admit::OnRelease
-        }
-    }
-
-    #[inline]
-    fn acquire(&mut self, _: &mut Clock, _: Option<Instant>) {
-        self.running += 1;
-    }
-
-    #[inline]
-    fn release(&mut self, _: Outcome) {
-        self.running -= 1;
-    }
-
-    fn holds_until(&self, _: &mut Clock) -> Option<Instant> {
-        None
-    }
-}
-
-impl Limiter for Gcra {
-    fn check(&self, clock: &mut Clock) -> Admit {
-        match Gcra::check(self, clock.now()) {
-            None => Admit::Now,
-            Some(at) => Admit::At(at),
-        }
-    }
-
-    fn acquire(&mut self, clock: &mut Clock, queued_since: Option<Instant>) {
-        self.take(clock.now(), queued_since);
-    }
-
-    fn release(&mut self, _: Outcome) {}
-
-    fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
-        self.owed_until(clock.now())
-    }
-}
-
-/// No start before `until`.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Pause {
-    pub(crate) until: Option<Instant>,
-}
-
-impl Pause {
-    /// Extends the pause to `until` (a pause is never shortened).
-    pub(crate) fn extend(&mut self, until: Instant) {
-        self.until = Some(self.until.map_or(until, |u| u.max(until)));
-    }
-
-    /// The end of the pause, if it has not passed.
-    pub(crate) fn active(&self, clock: &mut Clock) -> Option<Instant> {
-        let until = self.until?;
-        (until > clock.now()).then_some(until)
-    }
-}
-
-impl Limiter for Pause {
-    #[inline]
-    fn check(&self, clock: &mut Clock) -> Admit {
-        match self.until {
-            None => Admit::Now,
-            Some(_) => self.active(clock).map_or(Admit::Now, Admit::At),
-        }
-    }
-
-    fn acquire(&mut self, _: &mut Clock, _: Option<Instant>) {}
-
-    fn release(&mut self, _: Outcome) {}
-
-    fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
-        self.active(clock)
-    }
-}
-
-/// The limiters in front of one lane's jobs (or, with no concurrency cap, the
-/// pool's). Checked in order; the first that says no decides.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Gate {
-    pub(crate) pause: Pause,
-    pub(crate) concurrency: ConcurrencyLimit,
-    pub(crate) rate: Option<Gcra>,
-}
-
-impl Gate {
-    pub(crate) fn new(concurrency: Option<usize>, rate: Option<crate::Rate>) -> Gate {
-        Gate {
-            pause: Pause::default(),
-            concurrency: ConcurrencyLimit {
-                cap: concurrency.unwrap_or(usize::MAX),
-                running: 0,
-            },
-            rate: rate.map(Gcra::new),
-        }
-    }
-}
-
-impl Gate {
-    /// Whether a start counts against anything here (a cap or a rate), so that a
-    /// job must be claimed before it is counted.
-    #[inline]
-    pub(crate) fn counts(&self) -> bool {
-        self.concurrency.cap != usize::MAX || self.rate.is_some()
-    }
-}
-
-impl Limiter for Gate {
-    #[inline]
-    fn check(&self, clock: &mut Clock) -> Admit {
-        match self.pause.check(clock) {
-            Admit::Now => {}
-            no => return no,
-        }
-        match self.concurrency.check(clock) {
-            Admit::Now => {}
-            no => return no,
-        }
-        match &self.rate {
-            Some(r) => Limiter::check(r, clock),
-            None => Admit::Now,
-        }
-    }
-
-    #[inline]
-    fn acquire(&mut self, clock: &mut Clock, queued_since: Option<Instant>) {
-        self.concurrency.acquire(clock, queued_since);
-        if let Some(r) = &mut self.rate {
-            Limiter::acquire(r, clock, queued_since);
-        }
-    }
-
-    #[inline]
-    fn release(&mut self, outcome: Outcome) {
-        self.concurrency.release(outcome);
-    }
-
-    fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
-        let pause = self.pause.holds_until(clock);
-        let rate = self.rate.as_ref().and_then(|r| r.holds_until(clock));
-        pause.max(rate)
-    }
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::{Admit, Clock, Limiter};
 use crate::error::LimitError;
+use crate::stats::Outcome;
 
 /// How fast jobs may start: `n` per period, with bursts of up to `burst` (default 1).
 ///
@@ -244,6 +246,26 @@ pub(crate) fn far_future(now: Instant) -> Instant {
 pub(crate) fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .map_or_else(|| far_future(now), |t| t.min(far_future(now)))
+}
+
+// The rate as a limiter on job starts.
+impl Limiter for Gcra {
+    fn check(&self, clock: &mut Clock) -> Admit {
+        match Gcra::check(self, clock.now()) {
+            None => Admit::Now,
+            Some(at) => Admit::At(at),
+        }
+    }
+
+    fn acquire(&mut self, clock: &mut Clock, queued_since: Option<Instant>) {
+        self.take(clock.now(), queued_since);
+    }
+
+    fn release(&mut self, _: Outcome) {}
+
+    fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
+        self.owed_until(clock.now())
+    }
 }
 
 #[cfg(test)]
