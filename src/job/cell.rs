@@ -80,7 +80,7 @@ pub(crate) trait Resolve: Send + Sync {
 /// load. The result and the caller's waker sit under one small mutex, so handing
 /// over a result is one lock, a store and a wake. There is no worker waker here: a
 /// cancel of a running job wakes the worker through the pool (see
-/// `Inner::wake_running`), which keeps the cell small and the common path free of
+/// [`Canceller::wake_running`](super::Canceller::wake_running)), which keeps the cell small and the common path free of
 /// waker registration.
 pub(crate) struct Shared<T> {
     pub(super) state: AtomicU8,

@@ -11,8 +11,28 @@ use std::task::{Context, Poll, ready};
 use crate::error::JobError;
 use crate::job::cell::{CANCELLED, COMPLETE, HANDLE_GONE, INLINE, STARTED};
 use crate::job::{Early, Shared};
-use crate::sched::Inner;
-use crate::sched::Pos;
+
+/// Where a job was queued (its id, lane and priority), kept by its handle so that
+/// a cancel finds it at once. The scheduler fills it in when it accepts the job.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pos {
+    pub(crate) id: u64,
+    pub(crate) lane: u32,
+    pub(crate) prio: u8,
+}
+
+/// What a handle needs from its pool to cancel its job: the seam that keeps the
+/// job layer below the scheduler. Implemented by the scheduler's `Inner`; the
+/// handle holds it as `Arc<dyn Canceller>`, and calls it only on a cancel.
+pub(crate) trait Canceller: Send + Sync {
+    /// Takes the queued job at `pos` out of the queue, so that its place frees at
+    /// once, and resolves it as cancelled. Does nothing if a worker (or the queue
+    /// timeout) got it first: that side sees the cancel flag instead.
+    fn cancel_queued(&self, pos: Pos);
+
+    /// Wakes the worker running job `id`, so that it sees the job's cancel flag.
+    fn wake_running(&self, id: u64);
+}
 
 /// A job's identity, unique within its pool. Ids grow in submission order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -71,13 +91,13 @@ pub struct JobHandle<T> {
     shared: Arc<Shared<T>>,
     /// The pool, to take a queued job out of the queue on cancel. `None` once the
     /// handle has nothing left to do on drop.
-    inner: Option<Arc<Inner>>,
+    inner: Option<Arc<dyn Canceller>>,
     /// Where the job was queued: its id, lane and priority.
     pos: Pos,
 }
 
 impl<T> JobHandle<T> {
-    pub(crate) fn new(shared: Arc<Shared<T>>, inner: Arc<Inner>, pos: Pos) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<T>>, inner: Arc<dyn Canceller>, pos: Pos) -> Self {
         JobHandle {
             shared,
             inner: Some(inner),

@@ -6,6 +6,7 @@ mod task;
 mod work;
 
 pub(crate) use cell::{Completion, Early, Resolve, Shared};
+pub(crate) use handle::{Canceller, Pos};
 pub use handle::{JobHandle, JobId};
 pub(crate) use task::{Counters, Job, RunCtx, Task};
 pub(crate) use work::{AsyncWork, BlockingWork, Work, drop_quietly, panic_message};

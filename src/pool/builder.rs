@@ -7,7 +7,7 @@ use crate::error::{BuildError, LimitError};
 use crate::limit::KeyLimits;
 use crate::limit::Rate;
 use crate::pool::Pool;
-use crate::sched::{Inner, SchedConfig};
+use crate::sched::{Inner, SchedConfig, Spawner};
 
 /// Configures and builds a [`Pool`].
 ///
@@ -222,7 +222,7 @@ impl Builder {
             return Err(LimitError::InvalidQueueShare.into());
         }
         let name: Arc<str> = self.name.as_deref().unwrap_or("taskgate").into();
-        Ok(Pool::from_inner(Arc::new(Inner::new(
+        Ok(Pool::from_inner(Inner::new(
             rt,
             name,
             workers,
@@ -235,7 +235,11 @@ impl Builder {
                 key_share: share,
                 aging: self.aging.unwrap_or(Duration::from_secs(1)),
             },
-        ))))
+            Spawner {
+                worker: crate::worker::spawn,
+                reaper: crate::worker::spawn_reaper,
+            },
+        )))
     }
 }
 

@@ -7,7 +7,7 @@
 //! worker to finish its previous job and pop this one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -17,12 +17,12 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::error::JobError;
-use crate::job::{Job, Task, Work};
+use crate::job::{Canceller, Job, Pos, Task, Work};
 use crate::limit::Clock;
 use crate::limit::Rate;
 use crate::limit::{Key, KeyLimits};
 use crate::sched::Priority;
-use crate::sched::{Gone, Pos, Queued, Sched};
+use crate::sched::{Gone, Queued, Sched};
 use crate::sched::{Ticket, Waiters};
 
 use super::state::{Action, State, TimerAct};
@@ -95,6 +95,24 @@ pub(crate) struct Inner {
     pub(crate) job_timeout: Option<Duration>,
     pub(crate) queue_timeout: Option<Duration>,
     pub(crate) telemetry: Telemetry,
+    /// How to spawn a worker or the timer task, from the pool layer.
+    spawner: Spawner,
+    /// The `Arc` this lives in, for a spawn asked for through `&self` (a cancel
+    /// from a handle that starts the timer task).
+    this: Weak<Inner>,
+}
+
+/// How the core starts the tasks that run it. The scheduler decides when a worker
+/// or the timer task must be spawned; the pool layer supplies how
+/// (`worker::spawn`, `worker::spawn_reaper`) when it builds the pool, so that the
+/// scheduler does not import the worker. Called only where a task is spawned,
+/// never per job.
+#[derive(Clone, Copy)]
+pub(crate) struct Spawner {
+    /// Spawns worker `idx`'s loop, with its stats shard.
+    pub(crate) worker: fn(&Arc<Inner>, &TaskTracker, &Handle, usize, Arc<Shard>),
+    /// Spawns the pool's timer task.
+    pub(crate) reaper: fn(&Arc<Inner>, &TaskTracker, &Handle),
 }
 
 impl Inner {
@@ -106,10 +124,11 @@ impl Inner {
         job_timeout: Option<Duration>,
         queue_timeout: Option<Duration>,
         sched: SchedConfig,
-    ) -> Self {
+        spawner: Spawner,
+    ) -> Arc<Self> {
         let telemetry = Telemetry::new(&name);
         telemetry.gauges(workers, 0, 0);
-        Inner {
+        Arc::new_cyclic(|this| Inner {
             state: Padded(Mutex::new(State {
                 sched: Sched::new(
                     sched.rate,
@@ -148,7 +167,9 @@ impl Inner {
             capacity,
             job_timeout,
             queue_timeout,
-        }
+            spawner,
+            this: this.clone(),
+        })
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -181,15 +202,20 @@ impl Inner {
         match action {
             Action::Wake(w) => w.wake(),
             Action::Spawn(idx, shard) => {
-                crate::worker::spawn(self, &self.tracker, &self.rt, idx, shard)
+                (self.spawner.worker)(self, &self.tracker, &self.rt, idx, shard)
             }
         }
     }
 
-    pub(super) fn timer(self: &Arc<Self>, act: TimerAct) {
+    pub(super) fn timer(&self, act: TimerAct) {
         match act {
             TimerAct::None => {}
-            TimerAct::Spawn => crate::worker::spawn_reaper(self, &self.tracker, &self.rt),
+            TimerAct::Spawn => {
+                // Always there: `&self` is borrowed from a live `Arc`.
+                if let Some(this) = self.this.upgrade() {
+                    (self.spawner.reaper)(&this, &self.tracker, &self.rt)
+                }
+            }
             TimerAct::Notify => self.reaper.notify_one(),
         }
     }
@@ -454,53 +480,6 @@ impl Inner {
         self.abort();
     }
 
-    /// Wakes the worker running job `id`, so that it sees the job's cancel flag.
-    /// A scan of the workers, but only when a running job is cancelled.
-    pub(crate) fn wake_running(&self, id: u64) {
-        let waker = {
-            let st = self.lock();
-            st.slots
-                .iter()
-                .flatten()
-                .find(|s| s.running == Some(id))
-                .and_then(|s| s.waker.clone())
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// Takes a queued job out because its caller cancelled it.
-    pub(crate) fn cancel_queued(self: &Arc<Self>, pos: Pos) {
-        let mut st = self.lock();
-        let mut clock = Clock::default();
-        let Some((q, _)) = st
-            .sched
-            .take(pos.lane, pos.prio, pos.id, Gone::Cancelled, &mut clock)
-        else {
-            return;
-        };
-        if st.closed && st.sched.queued == 0 && st.reaper_running {
-            self.reaper.notify_one();
-        }
-        st.count_cancelled(&self.telemetry, 1, false);
-        st.publish(&self.telemetry);
-        let mut wakers = Vec::new();
-        st.grant(self.capacity, &mut wakers);
-        st.release_idle_if_drained(&mut wakers);
-        let timer = st.timer_act();
-        let closed = st.closed;
-        drop(st);
-        wakers.into_iter().for_each(Waker::wake);
-        self.timer(timer);
-        if closed {
-            self.drained.notify_waiters();
-        }
-        tracing::debug!(pool = %self.name, job = pos.id, "taskgate: queued job cancelled by its caller");
-        let mut job = q.job;
-        job.as_mut().resolve_unstarted(JobError::Cancelled);
-    }
-
     /// The timer task's step: expires due queue deadlines and ends due rate waits
     /// and pauses. Returns the next timer, and whether the task should exit.
     pub(crate) fn reap(self: &Arc<Self>) -> (Option<Instant>, bool) {
@@ -563,5 +542,55 @@ impl Inner {
 
     pub(crate) fn reaper_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.reaper.notified()
+    }
+}
+
+/// A handle's way back into the pool to cancel its job.
+impl Canceller for Inner {
+    /// Wakes the worker running job `id`, so that it sees the job's cancel flag.
+    /// A scan of the workers, but only when a running job is cancelled.
+    fn wake_running(&self, id: u64) {
+        let waker = {
+            let st = self.lock();
+            st.slots
+                .iter()
+                .flatten()
+                .find(|s| s.running == Some(id))
+                .and_then(|s| s.waker.clone())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Takes a queued job out because its caller cancelled it.
+    fn cancel_queued(&self, pos: Pos) {
+        let mut st = self.lock();
+        let mut clock = Clock::default();
+        let Some((q, _)) = st
+            .sched
+            .take(pos.lane, pos.prio, pos.id, Gone::Cancelled, &mut clock)
+        else {
+            return;
+        };
+        if st.closed && st.sched.queued == 0 && st.reaper_running {
+            self.reaper.notify_one();
+        }
+        st.count_cancelled(&self.telemetry, 1, false);
+        st.publish(&self.telemetry);
+        let mut wakers = Vec::new();
+        st.grant(self.capacity, &mut wakers);
+        st.release_idle_if_drained(&mut wakers);
+        let timer = st.timer_act();
+        let closed = st.closed;
+        drop(st);
+        wakers.into_iter().for_each(Waker::wake);
+        self.timer(timer);
+        if closed {
+            self.drained.notify_waiters();
+        }
+        tracing::debug!(pool = %self.name, job = pos.id, "taskgate: queued job cancelled by its caller");
+        let mut job = q.job;
+        job.as_mut().resolve_unstarted(JobError::Cancelled);
     }
 }

@@ -70,14 +70,6 @@ impl Queued {
     }
 }
 
-/// Where a job was queued, kept by its handle so that a cancel finds it at once.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Pos {
-    pub(crate) id: u64,
-    pub(crate) lane: u32,
-    pub(crate) prio: u8,
-}
-
 /// Why a job left the queue without starting, for its key's counters.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Gone {

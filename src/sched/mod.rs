@@ -10,7 +10,8 @@ mod state;
 mod timers;
 mod waiters;
 
+pub(crate) use inner::Spawner;
 pub(crate) use inner::{Held, Inner, Place, Refused, SchedConfig, Waiting};
-pub(crate) use lanes::{Gone, Pos, Queued, Sched};
+pub(crate) use lanes::{Gone, Queued, Sched};
 pub use priority::Priority;
 pub(crate) use waiters::{Granted, Ticket, Waiters};
