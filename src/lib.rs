@@ -170,14 +170,23 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
-mod adapters;
+// The layers, bottom to top: each imports only from the modules listed before it
+// (`error` is used by all). See ARCHITECTURE.md.
 mod error;
-mod job;
-mod limit;
-mod pool;
-mod sched;
+
 mod stats;
+
+mod limit;
+
+mod job;
+
+mod sched;
+
 mod worker;
+
+mod pool;
+
+mod adapters;
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]

@@ -11,6 +11,33 @@ use crate::error::{JobError, SubmitError};
 use crate::job::JobHandle;
 use crate::pool::Pool;
 
+impl Pool {
+    /// A new, empty [`Group`] of jobs on this pool: fan out, then collect with
+    /// `join_next`, `join_all` or `try_join_all`. Dropping the group cancels its
+    /// unfinished jobs.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let pool = taskgate::Pool::new(8);
+    /// let mut group = pool.group::<usize>();
+    /// for word in ["fan", "out", "collect"] {
+    ///     group.submit(async move { word.len() }).await.unwrap();
+    /// }
+    /// let mut total = 0;
+    /// while let Some(r) = group.join_next().await {
+    ///     total += r.unwrap();
+    /// }
+    /// assert_eq!(total, 13);
+    /// # }
+    /// ```
+    pub fn group<T: Send + 'static>(&self) -> Group<T> {
+        Group::new(self.clone())
+    }
+}
+
 /// A set of jobs submitted to one pool, to collect as they finish
 /// ([`join_next`](Group::join_next)) or all at once in submission order
 /// ([`join_all`](Group::join_all), [`try_join_all`](Group::try_join_all)).

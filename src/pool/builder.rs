@@ -9,6 +9,37 @@ use crate::limit::Rate;
 use crate::pool::Pool;
 use crate::sched::{Inner, SchedConfig, Spawner};
 
+impl Pool {
+    /// A [`Builder`] with the default settings.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// A pool with `workers` workers and the other settings at their defaults.
+    ///
+    /// # Panics
+    ///
+    /// Where [`Builder::build`] would return an error: outside a Tokio runtime, or
+    /// when `workers` is 0.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let pool = taskgate::Pool::new(16);
+    /// assert_eq!(pool.stats().workers, 16);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn new(workers: usize) -> Pool {
+        match Builder::new().workers(workers).build() {
+            Ok(pool) => pool,
+            Err(e) => panic!("taskgate::Pool::new({workers}): {e}"),
+        }
+    }
+}
+
 /// Configures and builds a [`Pool`].
 ///
 /// | setting | default |

@@ -11,6 +11,36 @@ use crate::limit::Key;
 use crate::pool::{JobOpts, Pool};
 use crate::sched::Priority;
 
+impl Pool {
+    /// Per-job options: a run timeout or queue timeout that overrides the pool's,
+    /// then one of `.submit()`, `.try_submit()`, `.run()` or `.spawn()`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use taskgate::JobError;
+    ///
+    /// let pool = taskgate::Pool::new(4);
+    /// let slow = pool
+    ///     .job(tokio::time::sleep(Duration::from_secs(60)))
+    ///     .timeout(Duration::from_secs(1))
+    ///     .run()
+    ///     .await;
+    /// assert_eq!(slow, Err(JobError::TimedOut));
+    /// # }
+    /// ```
+    pub fn job<F>(&self, fut: F) -> JobBuilder<'_, F>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        JobBuilder::new(self, fut)
+    }
+}
+
 /// Per-job options for one job, from [`Pool::job`].
 ///
 /// The options start at the pool's defaults. Finish with one of the terminal

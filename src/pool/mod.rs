@@ -2,9 +2,11 @@
 
 mod builder;
 mod job_builder;
+mod submit;
 
 pub use builder::Builder;
 pub use job_builder::JobBuilder;
+pub(crate) use submit::JobOpts;
 
 use std::fmt;
 use std::future::Future;
@@ -14,16 +16,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::adapters::Group;
 use crate::error::LimitError;
 use crate::error::{JobError, SubmitError, TrySubmitError};
-use crate::job::Pos;
-use crate::job::{BlockingWork, Task, Work};
-use crate::job::{JobHandle, Shared};
+use crate::job::BlockingWork;
+use crate::job::JobHandle;
 use crate::limit::{Key, KeyLimits, KeyStats};
+use crate::sched::Inner;
 use crate::sched::Priority;
-use crate::sched::Ticket;
-use crate::sched::{Inner, Place, Refused, Waiting};
 use crate::stats::{ShutdownReport, Stats};
 
 /// A bounded pool of long-lived worker tasks that run jobs from a bounded queue.
@@ -83,39 +82,6 @@ impl Drop for PoolRef {
     }
 }
 
-/// Per-job options, from the pool's defaults and the [`JobBuilder`].
-#[derive(Clone)]
-pub(crate) struct JobOpts {
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) queue_timeout: Option<Duration>,
-    pub(crate) key: Option<Key>,
-    pub(crate) priority: Priority,
-}
-
-impl JobOpts {
-    fn place(&self) -> Place<'_> {
-        Place {
-            key: self.key.as_ref(),
-            priority: self.priority,
-        }
-    }
-}
-
-/// Gives up a waiting submitter's registration however its call ends; a place
-/// granted to it goes to the next waiter.
-struct WaitGuard<'a> {
-    inner: &'a Inner,
-    ticket: Option<Ticket>,
-}
-
-impl Drop for WaitGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(t) = self.ticket {
-            self.inner.leave(t);
-        }
-    }
-}
-
 impl Pool {
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
         Pool {
@@ -123,7 +89,7 @@ impl Pool {
         }
     }
 
-    fn inner(&self) -> &Arc<Inner> {
+    pub(super) fn inner(&self) -> &Arc<Inner> {
         &self.handle.inner
     }
 
@@ -134,88 +100,6 @@ impl Pool {
             key: None,
             priority: Priority::Normal,
         }
-    }
-
-    /// A [`Builder`] with the default settings.
-    pub fn builder() -> Builder {
-        Builder::new()
-    }
-
-    /// A pool with `workers` workers and the other settings at their defaults.
-    ///
-    /// # Panics
-    ///
-    /// Where [`Builder::build`] would return an error: outside a Tokio runtime, or
-    /// when `workers` is 0.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let pool = taskgate::Pool::new(16);
-    /// assert_eq!(pool.stats().workers, 16);
-    /// # }
-    /// ```
-    #[track_caller]
-    pub fn new(workers: usize) -> Pool {
-        match Builder::new().workers(workers).build() {
-            Ok(pool) => pool,
-            Err(e) => panic!("taskgate::Pool::new({workers}): {e}"),
-        }
-    }
-
-    /// Per-job options: a run timeout or queue timeout that overrides the pool's,
-    /// then one of `.submit()`, `.try_submit()`, `.run()` or `.spawn()`.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// use std::time::Duration;
-    /// use taskgate::JobError;
-    ///
-    /// let pool = taskgate::Pool::new(4);
-    /// let slow = pool
-    ///     .job(tokio::time::sleep(Duration::from_secs(60)))
-    ///     .timeout(Duration::from_secs(1))
-    ///     .run()
-    ///     .await;
-    /// assert_eq!(slow, Err(JobError::TimedOut));
-    /// # }
-    /// ```
-    pub fn job<F>(&self, fut: F) -> JobBuilder<'_, F>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        JobBuilder::new(self, fut)
-    }
-
-    /// A new, empty [`Group`] of jobs on this pool: fan out, then collect with
-    /// `join_next`, `join_all` or `try_join_all`. Dropping the group cancels its
-    /// unfinished jobs.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let pool = taskgate::Pool::new(8);
-    /// let mut group = pool.group::<usize>();
-    /// for word in ["fan", "out", "collect"] {
-    ///     group.submit(async move { word.len() }).await.unwrap();
-    /// }
-    /// let mut total = 0;
-    /// while let Some(r) = group.join_next().await {
-    ///     total += r.unwrap();
-    /// }
-    /// assert_eq!(total, 13);
-    /// # }
-    /// ```
-    pub fn group<T: Send + 'static>(&self) -> Group<T> {
-        Group::new(self.clone())
     }
 
     /// Submits a job, waiting for queue space if the queue is full (backpressure),
@@ -605,153 +489,6 @@ impl Pool {
         }
         inner.wait_workers().await;
     }
-
-    fn handle<T>(&self, shared: Arc<Shared<T>>, pos: Pos) -> JobHandle<T> {
-        JobHandle::new(shared, self.inner().clone(), pos)
-    }
-
-    /// Submits `work` with a handle, waiting for space (at most `wait`, if given).
-    ///
-    /// The output is a separate parameter `T`, not `W::Output`: a projection held
-    /// across an `.await` makes rustc demand `'static` of erased lifetimes, and
-    /// callers inside `tokio::spawn` with a `&'static str` output would fail to
-    /// compile ("implementation of `Send` is not general enough").
-    pub(crate) async fn submit_work<W, T>(
-        &self,
-        work: W,
-        opts: JobOpts,
-        wait: Option<Duration>,
-    ) -> Result<JobHandle<T>, SubmitError<W>>
-    where
-        W: Work<Output = T>,
-        T: Send + 'static,
-    {
-        let now = Instant::now();
-        let (task, shared) = with_handle(work, &opts, now);
-        let pos = self.enqueue(task, &opts, wait, now).await?;
-        Ok(self.handle(shared, pos))
-    }
-
-    /// Submits `work` with a handle if there is space now.
-    ///
-    /// `count` says whether a full queue counts as a rejection: `false` for internal
-    /// probes that go on to wait for space.
-    pub(crate) fn try_submit_work<W, T>(
-        &self,
-        work: W,
-        opts: JobOpts,
-        count: bool,
-    ) -> Result<JobHandle<T>, TrySubmitError<W>>
-    where
-        W: Work<Output = T>,
-        T: Send + 'static,
-    {
-        let now = Instant::now();
-        let (task, shared) = with_handle(work, &opts, now);
-        let deadline = opts.queue_timeout.and_then(|d| now.checked_add(d));
-        let waiting = if count { Waiting::No } else { Waiting::Probe };
-        match self
-            .inner()
-            .push(task, deadline, waiting, &opts.place(), now)
-        {
-            Ok(pos) => Ok(self.handle(shared, pos)),
-            Err((Refused::Full, t)) => {
-                if count {
-                    tracing::debug!(pool = %self.name(), "taskgate: try_submit refused: queue full");
-                }
-                Err(TrySubmitError::Full((*t).into_work()))
-            }
-            Err((Refused::Closed, t)) => Err(TrySubmitError::Closed((*t).into_work())),
-        }
-    }
-
-    /// Submits `fut` if there is space now, without counting a refusal as a
-    /// rejection: for callers that go on to wait for space (the stream adapters).
-    pub(crate) fn probe_submit<F>(&self, fut: F) -> Result<JobHandle<F::Output>, TrySubmitError<F>>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.try_submit_work(crate::job::AsyncWork::new(fut), self.default_opts(), false)
-            .map_err(|e| e.map(crate::job::AsyncWork::into_inner))
-    }
-
-    /// Submits `work` detached (no handle), waiting for space.
-    pub(crate) async fn spawn_work<W, T>(
-        &self,
-        work: W,
-        opts: JobOpts,
-    ) -> Result<(), SubmitError<W>>
-    where
-        W: Work<Output = T>,
-        T: Send + 'static,
-    {
-        let now = Instant::now();
-        let task: Box<Task<W, T>> = Box::new(Task::new(work, None, opts.timeout, now));
-        self.enqueue(task, &opts, None, now).await?;
-        Ok(())
-    }
-
-    /// Pushes `task`, waiting for space while the queue is full.
-    async fn enqueue<W, T>(
-        &self,
-        mut task: Box<Task<W, T>>,
-        opts: &JobOpts,
-        wait: Option<Duration>,
-        mut now: Instant,
-    ) -> Result<Pos, SubmitError<W>>
-    where
-        W: Work<Output = T>,
-        T: Send + 'static,
-    {
-        let inner = self.inner();
-        let queue_timeout = opts.queue_timeout;
-        let place = opts.place();
-        let mut deadline = queue_timeout.and_then(|d| now.checked_add(d));
-        let mut guard = WaitGuard {
-            inner,
-            ticket: None,
-        };
-        let wait_deadline = wait.and_then(|w| now.checked_add(w));
-        loop {
-            // A `Full` registers this call as a waiter (under the lock, so no place
-            // that frees after it is missed); a place that frees is then granted to
-            // it, or to an older waiter, and it is woken to use it.
-            match inner.push(task, deadline, Waiting::Yes(&mut guard.ticket), &place, now) {
-                Ok(pos) => return Ok(pos),
-                Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
-                Err((Refused::Full, t)) => task = t,
-            }
-            let ticket = guard.ticket.expect("a refused waiter is registered");
-            let turn = std::future::poll_fn(|cx| inner.poll_turn(ticket, cx));
-            match wait_deadline {
-                Some(at) => {
-                    // A grant that is there when the wait times out wins (the turn is
-                    // polled first); one that comes after goes to the next waiter
-                    // when the guard drops.
-                    if tokio::time::timeout_at(at, turn).await.is_err() {
-                        inner.count_rejected();
-                        tracing::debug!(pool = %self.name(), "taskgate: submit timed out waiting for queue space");
-                        return Err(SubmitError::Timeout((*task).into_work()));
-                    }
-                }
-                // No wait limit, or one too long to add to the clock.
-                None => turn.await,
-            }
-            // Queue time counts from acceptance, not from the start of the wait.
-            now = Instant::now();
-            task.set_submitted(now);
-            deadline = queue_timeout.and_then(|d| now.checked_add(d));
-        }
-    }
-}
-
-/// A job's envelope and the result cell its handle will share: the two
-/// allocations of a job with a handle.
-fn with_handle<W, T>(work: W, opts: &JobOpts, now: Instant) -> (Box<Task<W, T>>, Arc<Shared<T>>) {
-    let shared = Arc::new(Shared::new());
-    let task = Box::new(Task::new(work, Some(shared.clone()), opts.timeout, now));
-    (task, shared)
 }
 
 impl fmt::Debug for Pool {
