@@ -1,5 +1,5 @@
-//! The worker loop, and the timer task that expires queue timeouts and ends rate
-//! waits and pauses.
+//! The worker loop on a Tokio task: [`Worker`], its [`WorkerGuard`], and the job it
+//! has [`Started`].
 //!
 //! A worker is a long-lived Tokio task. It asks the scheduler for a job
 //! ([`Inner::next_job`], which also finishes its previous one), claims it, and polls
@@ -8,7 +8,7 @@
 //! pool shrinks below them or closes with an empty queue.
 
 use std::future::poll_fn;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -226,51 +226,5 @@ async fn run(mut w: Worker, mut first: Option<Started>) {
             w.last_end = None;
         }
         tokio::task::coop::consume_budget().await;
-    }
-}
-
-/// Spawns the timer task, which expires queue timeouts and ends rate waits and
-/// pauses. There is at most one per pool; it starts with the first timer.
-pub(crate) fn spawn_reaper(inner: &Arc<Inner>, tracker: &TaskTracker, rt: &Handle) {
-    let guard = ReaperGuard {
-        inner: inner.clone(),
-        exited: false,
-    };
-    tracker.spawn_on(reaper(guard), rt);
-}
-
-/// Clears `reaper_running` if the reaper is dropped without exiting through `reap`
-/// (its runtime shut down, or it was never polled), so shutdown cannot wait for it.
-struct ReaperGuard {
-    inner: Arc<Inner>,
-    exited: bool,
-}
-
-impl Drop for ReaperGuard {
-    fn drop(&mut self) {
-        if !self.exited {
-            self.inner.reaper_lost();
-        }
-    }
-}
-
-async fn reaper(mut guard: ReaperGuard) {
-    let inner = guard.inner.clone();
-    loop {
-        // `notify_one` stores a permit, so a deadline added between `reap` and the
-        // wait below is not missed.
-        let (next, exit) = inner.reap();
-        if exit {
-            guard.exited = true;
-            return;
-        }
-        let notified = inner.reaper_notified();
-        match next {
-            Some(at) => {
-                let sleep = pin!(tokio::time::sleep_until(at));
-                futures::future::select(sleep, pin!(notified)).await;
-            }
-            None => notified.await,
-        }
     }
 }
