@@ -174,6 +174,7 @@
 // (`error` is used by all). See ARCHITECTURE.md.
 mod error;
 
+#[path = "stats/shard.rs"]
 mod stats;
 
 mod limit;
