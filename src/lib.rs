@@ -174,7 +174,6 @@
 // (`error` is used by all). See ARCHITECTURE.md.
 mod error;
 
-#[path = "stats/shard.rs"]
 mod stats;
 
 mod limit;
