@@ -1,6 +1,7 @@
 //! Per-check cost of a GCRA rate limit: `governor` against a copy of taskgate's
-//! hand-written GCRA (`src/rate.rs` as of commit 03c1678, crate-private, so copied
-//! below unchanged but for visibility), in one criterion group. Run: `cargo bench --bench gcra`.
+//! hand-written GCRA (`src/rate.rs` as of commit 03c1678, now `src/limit/rate.rs`;
+//! crate-private, so copied below unchanged but for visibility), in one criterion
+//! group. Run: `cargo bench --bench gcra`.
 //!
 //! Rows:
 //! - `*_allow`: a rate that never refuses (one start per nanosecond, read the clock

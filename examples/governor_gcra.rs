@@ -8,7 +8,7 @@
 //!    (`key.check_key(k).is_ok() && pool.check().is_ok()`) spends a cell of the
 //!    first limiter each time the second refuses. A 60 s simulation (on tokio's
 //!    paused clock, 1 ms ticks) counts the starts and the lost cells of each way,
-//!    against taskgate's check-then-take (a copy of `src/rate.rs`), and a governor
+//!    against taskgate's check-then-take (a copy of `src/limit/rate.rs`), and a governor
 //!    state store written to make a peek possible.
 //! 2. **The clock.** Whether governor can follow tokio's paused clock (taskgate's
 //!    tests run on it), and at what cost in code.

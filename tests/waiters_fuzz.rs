@@ -2,7 +2,7 @@
 //! hand so that grants stay unused across steps (the model test lets every waiter
 //! run between steps, so it seldom reaches a grant that is taken back). After
 //! random steps it settles every waiter and checks the invariant of
-//! `src/waiters.rs`: no waiter waits while `try_submit` of a job of its key would
+//! `src/sched/waiters.rs`: no waiter waits while `try_submit` of a job of its key would
 //! be accepted. Runs in the debug build, so a counter that underflows panics.
 //!
 //! Seeds are fixed: `0..FUZZ_SEEDS` (default 1 000) and the seeds of past failures

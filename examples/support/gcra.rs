@@ -1,13 +1,13 @@
-//! A copy of taskgate's GCRA (`src/rate.rs`, crate-private), shared by
+//! A copy of taskgate's GCRA (`src/limit/rate.rs`, crate-private), shared by
 //! `benches/gcra.rs` and `examples/governor_gcra.rs` so that both measure the same
-//! code. Keep it in step with `src/rate.rs`.
+//! code. Keep it in step with `src/limit/rate.rs`.
 
 use std::time::Duration;
 
 use taskgate::Rate;
 use tokio::time::Instant;
 
-/// A copy of `taskgate::rate::Gcra` (src/rate.rs): check and take are separate so
+/// A copy of `taskgate::limit::rate::Gcra` (src/limit/rate.rs): check and take are separate so
 /// that a job takes from several rates only when it passes all of them.
 #[derive(Clone, Copy, Debug)]
 pub struct Gcra {

@@ -98,7 +98,7 @@ where
 }
 
 /// A blocking job: a closure that the worker holding its slot runs on one of
-/// Tokio's blocking threads (see `thread.rs`).
+/// Tokio's blocking threads (see `worker/thread.rs`).
 pub(crate) struct BlockingWork<C> {
     f: Option<C>,
     /// The run timeout's timer task, stopped when the closure returns.
