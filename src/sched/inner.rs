@@ -116,6 +116,9 @@ pub(crate) struct Spawner {
 }
 
 impl Inner {
+    /// The pool's core, in the `Arc` that its handles and workers share. Only the
+    /// builder calls this, with the settings it has validated.
+    #[allow(clippy::too_many_arguments)] // One call site, all fields of `Builder`.
     pub(crate) fn new(
         rt: Handle,
         name: Arc<str>,
