@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use crate::error::JobError;
 use crate::job::Early;
 use crate::limit::{Clock, Key, KeyLimits, KeyStats, after};
-use crate::stats::Stats;
+use crate::stats::{Outcome, Stats};
 
-use super::{Inner, Queued};
+use super::{Held, Inner, Queued};
 
 impl Inner {
     /// Pauses the pool (`key: None`) or one key for `d`.
@@ -200,5 +200,27 @@ impl Inner {
     pub(crate) fn aborted_count(&self) -> u64 {
         let st = self.lock();
         st.aborted + st.totals().aborted
+    }
+
+    /// A worker task was dropped without exiting through `next_job`: its runtime is
+    /// shutting down. Nothing queued can run any more, so abort the pool; every
+    /// handle still awaited resolves as cancelled.
+    pub(crate) fn worker_lost(self: &Arc<Self>, idx: usize, held: Option<Held>, mid_job: bool) {
+        {
+            let mut st = self.lock();
+            if let Some(h) = held {
+                st.busy -= 1;
+                st.sched
+                    .finish(h.lane, h.counted, Outcome::Aborted, &mut Clock::default());
+            }
+            if mid_job {
+                // Its job ends as cancelled when the guard drops it, just after this.
+                st.count_cancelled(&self.telemetry, 1, true);
+            }
+            st.live -= 1;
+            st.remove_slot(idx);
+        }
+        // Also wakes a shutdown waiting for the pool to drain.
+        self.abort();
     }
 }

@@ -1,9 +1,15 @@
 //! The scheduler's timers: queue-timeout deadlines and lane (or pool) wakeups,
-//! which the pool's timer task sleeps until and fires.
+//! which the pool's timer task sleeps until and fires (`Inner::reap`, the timer
+//! task's step).
+
+use std::sync::Arc;
+use std::task::Waker;
 
 use tokio::time::Instant;
 
+use super::Inner;
 use super::lanes::{Gone, POOL, Queued, Sched};
+use crate::error::JobError;
 use crate::limit::Clock;
 
 impl Sched {
@@ -82,5 +88,71 @@ impl Sched {
             woke = true;
         }
         woke
+    }
+}
+
+impl Inner {
+    /// The timer task's step: expires due queue deadlines and ends due rate waits
+    /// and pauses. Returns the next timer, and whether the task should exit.
+    pub(crate) fn reap(self: &Arc<Self>) -> (Option<Instant>, bool) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut st = self.lock();
+        let woke = st.sched.fire(now, &mut expired);
+        for (_, why) in &expired {
+            match why {
+                Gone::Cancelled => st.count_cancelled(&self.telemetry, 1, false),
+                Gone::QueueTimedOut => st.count_queue_timed_out(&self.telemetry),
+            }
+        }
+        let mut actions = Vec::new();
+        if woke {
+            // One worker searches at a time, and hands the search on while jobs
+            // remain startable.
+            actions.extend(st.dispatch());
+        }
+        if !expired.is_empty() || woke {
+            st.publish(&self.telemetry);
+        }
+        st.sched.take_timer_dirty();
+        let next = st.sched.next_timer();
+        // After close no job can be added: once none is queued, no timer matters.
+        let exit = st.closed && st.sched.queued == 0;
+        if exit {
+            st.reaper_running = false;
+        }
+        let closed = st.closed;
+        let mut wakers = Vec::new();
+        st.grant(self.capacity, &mut wakers);
+        st.release_idle_if_drained(&mut wakers);
+        drop(st);
+        for a in actions {
+            self.act(a);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+        if closed && (exit || !expired.is_empty()) {
+            self.drained.notify_waiters();
+        }
+        for (q, why) in expired {
+            let mut job = q.job;
+            if why == Gone::Cancelled {
+                tracing::debug!(pool = %self.name, job = q.id, "taskgate: queued job cancelled by its caller");
+                job.as_mut().resolve_unstarted(JobError::Cancelled);
+            } else {
+                tracing::debug!(pool = %self.name, job = q.id, "taskgate: job timed out in the queue");
+                job.as_mut().resolve_unstarted(JobError::QueueTimedOut);
+            }
+        }
+        (next, exit)
+    }
+
+    /// The timer task was dropped without exiting normally.
+    pub(crate) fn reaper_lost(&self) {
+        self.lock().reaper_running = false;
+        self.drained.notify_waiters();
+    }
+
+    pub(crate) fn reaper_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.reaper.notified()
     }
 }
