@@ -129,17 +129,32 @@ impl<T> Shared<T> {
     /// If the handle was already resolved early (a closure running inline was
     /// cancelled, timed out or aborted), `r` is dropped and the cause is returned.
     pub(crate) fn complete(&self, r: Result<T, JobError>) -> Completion {
+        self.complete_then(r, |_| {})
+    }
+
+    /// As [`complete`](Shared::complete), calling `decided` with what becomes of
+    /// the result before the handle can see it: a caller that has just seen the
+    /// result also sees what `decided` counted.
+    pub(crate) fn complete_then(
+        &self,
+        r: Result<T, JobError>,
+        decided: impl FnOnce(Completion),
+    ) -> Completion {
         let state = self.state.load(Acquire);
         if state & (EARLY_CANCEL | EARLY_TIMEOUT | EARLY_ABORT) != 0 {
+            let c = Completion::Early(early_cause(state));
+            decided(c);
             drop_quietly(r);
-            return Completion::Early(early_cause(state));
+            return c;
         }
         if state & HANDLE_GONE != 0 {
-            self.state.fetch_or(COMPLETE, AcqRel);
-            drop_quietly(r);
-            return Completion::Dropped {
+            let c = Completion::Dropped {
                 cancelled: state & CANCELLED != 0,
             };
+            decided(c);
+            self.state.fetch_or(COMPLETE, AcqRel);
+            drop_quietly(r);
+            return c;
         }
         let waker = {
             let mut slot = self.lock();
@@ -147,9 +162,12 @@ impl<T> Shared<T> {
             let state = self.state.load(Acquire);
             if state & COMPLETE != 0 {
                 drop(slot);
+                let c = Completion::Early(early_cause(state));
+                decided(c);
                 drop_quietly(r);
-                return Completion::Early(early_cause(state));
+                return c;
             }
+            decided(Completion::Delivered);
             slot.result = Some(r);
             // Set under the lock, so a handle that sees COMPLETE finds the result,
             // and one that saw it clear has its waker in the slot already.

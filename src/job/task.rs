@@ -352,28 +352,35 @@ impl<W: Work> Job for Task<W, W::Output> {
         if let Err(JobError::Panicked(msg)) = &result {
             tracing::warn!(parent: ctx.span, panic = %msg, "taskgate: job panicked");
         }
-        let completion = match this.shared.as_ref() {
-            Some(shared) => shared.complete(result),
+        let decide = |completion| {
+            let outcome = match completion {
+                Completion::Delivered | Completion::Dropped { cancelled: false } => ran,
+                Completion::Dropped { cancelled: true } | Completion::Early(Early::Cancelled) => {
+                    Outcome::Cancelled
+                }
+                Completion::Early(Early::TimedOut) => Outcome::TimedOut,
+                Completion::Early(Early::Aborted) => Outcome::Aborted,
+            };
+            // Counted before the handle can see its result, as for an async job.
+            ctx.counters.outcome(outcome);
+            ctx.counters
+                .run_time(now.saturating_duration_since(ctx.started));
+            outcome
+        };
+        let mut outcome = ran;
+        match this.shared.as_ref() {
+            Some(shared) => {
+                shared.complete_then(result, |c| outcome = decide(c));
+            }
             None => {
+                outcome = decide(Completion::Delivered);
                 drop_quietly(result);
-                Completion::Delivered
             }
-        };
-        let outcome = match completion {
-            Completion::Delivered | Completion::Dropped { cancelled: false } => ran,
-            Completion::Dropped { cancelled: true } | Completion::Early(Early::Cancelled) => {
-                Outcome::Cancelled
-            }
-            Completion::Early(Early::TimedOut) => Outcome::TimedOut,
-            Completion::Early(Early::Aborted) => Outcome::Aborted,
-        };
+        }
         if outcome != ran {
             log_outcome(ctx.span, outcome, &Ok::<(), JobError>(()));
         }
         *this.outcome = outcome;
-        ctx.counters.outcome(outcome);
-        ctx.counters
-            .run_time(now.saturating_duration_since(ctx.started));
         (now, outcome)
     }
 
