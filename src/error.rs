@@ -1,6 +1,7 @@
 //! Error types: why a job ended without output, why a submission was refused,
 //! and why a pool could not be built.
 
+use crate::limit::AdaptiveError;
 use std::fmt;
 
 /// Why a job ended without producing its output.
@@ -184,7 +185,7 @@ impl fmt::Display for BuildError {
             BuildError::NoTimer => f.write_str(
                 "the tokio runtime has timers disabled: build it with enable_time() or enable_all()",
             ),
-            BuildError::InvalidLimit(_) => f.write_str("invalid rate or key limit"),
+            BuildError::InvalidLimit(_) => f.write_str("invalid rate, key or adaptive limit"),
         }
     }
 }
@@ -224,6 +225,8 @@ pub enum LimitError {
     /// A [key queue share](crate::Builder::key_queue_share) that is not a number
     /// in `(0, 1]`.
     InvalidQueueShare,
+    /// An [adaptive limit](crate::Adaptive) whose settings cannot hold.
+    InvalidAdaptive(AdaptiveError),
 }
 
 impl fmt::Display for LimitError {
@@ -235,8 +238,16 @@ impl fmt::Display for LimitError {
             LimitError::ZeroConcurrency => "key concurrency must be at least 1",
             LimitError::ZeroQueueCapacity => "key queue capacity must be at least 1",
             LimitError::InvalidQueueShare => "key queue share must be in (0, 1]",
+            LimitError::InvalidAdaptive(e) => return fmt::Display::fmt(e, f),
         })
     }
 }
 
-impl std::error::Error for LimitError {}
+impl std::error::Error for LimitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LimitError::InvalidAdaptive(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -195,7 +195,7 @@ pub use adapters::{Group, GroupError};
 pub use adapters::{MapPooled, MapPooledUnordered, PoolStreamExt};
 pub use error::{BuildError, JobError, LimitError, SubmitError, TrySubmitError};
 pub use job::{JobHandle, JobId};
-pub use limit::Rate;
+pub use limit::{Adaptive, AdaptiveError, Outcome, Rate};
 pub use limit::{Key, KeyLimits, KeyStats};
 pub use pool::{Builder, JobBuilder, Pool};
 pub use sched::Priority;

@@ -9,4 +9,6 @@ pub(crate) use cell::{Completion, Early, Resolve, Shared};
 pub(crate) use handle::{Canceller, Pos};
 pub use handle::{JobHandle, JobId};
 pub(crate) use task::{Counters, Job, RunCtx, Task};
-pub(crate) use work::{AsyncWork, BlockingWork, Work, drop_quietly, panic_message};
+pub(crate) use work::{
+    AsyncWork, BlockingWork, Classified, Classifier, Work, drop_quietly, panic_message,
+};

@@ -19,8 +19,9 @@ use tracing::Span;
 
 use crate::error::JobError;
 use crate::job::{Completion, Early, Resolve, Shared, Work, drop_quietly, panic_message};
+use crate::limit::Outcome;
 use crate::stats::Telemetry;
-use crate::stats::{Outcome, Shard};
+use crate::stats::{Ending, Shard};
 
 /// Where a worker counts outcomes and latencies: its own stats shard and, with the
 /// `metrics` feature, the exported metrics. Every count goes to both, here.
@@ -32,7 +33,7 @@ pub(crate) struct Counters<'a> {
 
 impl Counters<'_> {
     #[inline]
-    pub(crate) fn outcome(&self, outcome: Outcome) {
+    pub(crate) fn outcome(&self, outcome: Ending) {
         self.shard.record(outcome);
         self.telemetry.outcome(outcome);
     }
@@ -102,14 +103,14 @@ pub(crate) trait Job: Send {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         ctx: &RunCtx<'_>,
-    ) -> Poll<(Instant, Outcome)>;
+    ) -> Poll<(Instant, Ending, Option<Outcome>)>;
 
     /// Runs a blocking job to its end on the current (blocking) thread. Nothing
     /// interrupts the closure: a cancel, the run timeout (a timer task on the
     /// runtime) or the pool's abort resolves the handle early, and the outcome is
     /// counted when the closure returns, so its slot stays taken until then.
     /// Returns the time the job ended and how.
-    fn run_inline(self: Pin<&mut Self>, ctx: &RunCtx<'_>) -> (Instant, Outcome);
+    fn run_inline(self: Pin<&mut Self>, ctx: &RunCtx<'_>) -> (Instant, Ending);
 
     /// Resolves a job that never started (taken out of the queue) with `err`,
     /// dropping its work first. The caller has already counted it.
@@ -139,7 +140,7 @@ pin_project! {
         // tracing is off.
         parent: Option<Box<Span>>,
         // How the job ended, once it has.
-        outcome: Outcome,
+        outcome: Ending,
     }
 
     impl<W, T> PinnedDrop for Task<W, T> {
@@ -178,7 +179,7 @@ impl<W, T> Task<W, T> {
             timeout,
             submitted,
             parent,
-            outcome: Outcome::Completed,
+            outcome: Ending::Completed,
         }
     }
 
@@ -200,10 +201,15 @@ impl<W, T> Task<W, T> {
 fn settle<W: Work>(
     this: &mut TaskProj<'_, W, W::Output>,
     ctx: &RunCtx<'_>,
-    outcome: Outcome,
+    outcome: Ending,
     result: Result<W::Output, JobError>,
-) -> Instant {
+) -> (Instant, Option<Outcome>) {
     let now = Instant::now();
+    // A classified job's output tells an adaptive limit how the downstream did.
+    let signal = match (&result, this.work.as_mut().as_pin_mut()) {
+        (Ok(v), Some(work)) => work.classify(v),
+        _ => None,
+    };
     *this.outcome = outcome;
     ctx.counters.outcome(outcome);
     ctx.counters
@@ -217,19 +223,19 @@ fn settle<W: Work>(
         }
         None => drop_quietly(result),
     }
-    now
+    (now, signal)
 }
 
-fn log_outcome<T>(span: &Span, outcome: Outcome, result: &Result<T, JobError>) {
+fn log_outcome<T>(span: &Span, outcome: Ending, result: &Result<T, JobError>) {
     match (&outcome, result) {
         (_, Err(JobError::Panicked(msg))) => {
             tracing::warn!(parent: span, panic = %msg, "taskgate: job panicked");
         }
-        (Outcome::TimedOut, _) => tracing::debug!(parent: span, "taskgate: job timed out"),
-        (Outcome::Cancelled, _) => {
+        (Ending::TimedOut, _) => tracing::debug!(parent: span, "taskgate: job timed out"),
+        (Ending::Cancelled, _) => {
             tracing::debug!(parent: span, "taskgate: running job cancelled by its caller")
         }
-        (Outcome::Aborted, _) => {
+        (Ending::Aborted, _) => {
             tracing::debug!(parent: span, "taskgate: running job cancelled by abort")
         }
         _ => {}
@@ -283,7 +289,7 @@ impl<W: Work> Job for Task<W, W::Output> {
         let claimed = claimed.unwrap_or_else(|| self.claim());
         let mut this = self.project();
         if !claimed && let Some(shared) = this.shared.as_ref() {
-            counters.outcome(Outcome::Cancelled);
+            counters.outcome(Ending::Cancelled);
             tracing::debug!(
                 pool,
                 job = id,
@@ -313,13 +319,13 @@ impl<W: Work> Job for Task<W, W::Output> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         ctx: &RunCtx<'_>,
-    ) -> Poll<(Instant, Outcome)> {
+    ) -> Poll<(Instant, Ending, Option<Outcome>)> {
         let mut this = self.project();
-        let ended = ready!(poll_run_inner(&mut this, cx, ctx));
-        Poll::Ready((ended, *this.outcome))
+        let (ended, signal) = ready!(poll_run_inner(&mut this, cx, ctx));
+        Poll::Ready((ended, *this.outcome, signal))
     }
 
-    fn run_inline(self: Pin<&mut Self>, ctx: &RunCtx<'_>) -> (Instant, Outcome) {
+    fn run_inline(self: Pin<&mut Self>, ctx: &RunCtx<'_>) -> (Instant, Ending) {
         let mut this = self.project();
         // `begin_inline` marks the cell first, so that a cancel from now on resolves
         // the handle itself; one that came before means the closure never runs.
@@ -327,11 +333,11 @@ impl<W: Work> Job for Task<W, W::Output> {
         let aborted = ctx.aborted.load(Relaxed);
         if cancelled || aborted {
             let outcome = if aborted {
-                Outcome::Aborted
+                Ending::Aborted
             } else {
-                Outcome::Cancelled
+                Ending::Cancelled
             };
-            let ended = settle(&mut this, ctx, outcome, Err(JobError::Cancelled));
+            let (ended, _) = settle(&mut this, ctx, outcome, Err(JobError::Cancelled));
             return (ended, outcome);
         }
         let result = {
@@ -345,9 +351,9 @@ impl<W: Work> Job for Task<W, W::Output> {
         let now = Instant::now();
         drop_work(this.work.as_mut());
         let ran = match &result {
-            Ok(_) => Outcome::Completed,
-            Err(JobError::Panicked(_)) => Outcome::Panicked,
-            Err(_) => Outcome::Cancelled,
+            Ok(_) => Ending::Completed,
+            Err(JobError::Panicked(_)) => Ending::Panicked,
+            Err(_) => Ending::Cancelled,
         };
         if let Err(JobError::Panicked(msg)) = &result {
             tracing::warn!(parent: ctx.span, panic = %msg, "taskgate: job panicked");
@@ -356,10 +362,10 @@ impl<W: Work> Job for Task<W, W::Output> {
             let outcome = match completion {
                 Completion::Delivered | Completion::Dropped { cancelled: false } => ran,
                 Completion::Dropped { cancelled: true } | Completion::Early(Early::Cancelled) => {
-                    Outcome::Cancelled
+                    Ending::Cancelled
                 }
-                Completion::Early(Early::TimedOut) => Outcome::TimedOut,
-                Completion::Early(Early::Aborted) => Outcome::Aborted,
+                Completion::Early(Early::TimedOut) => Ending::TimedOut,
+                Completion::Early(Early::Aborted) => Ending::Aborted,
             };
             // Counted before the handle can see its result, as for an async job.
             ctx.counters.outcome(outcome);
@@ -398,37 +404,32 @@ fn poll_run_inner<W: Work>(
     this: &mut TaskProj<'_, W, W::Output>,
     cx: &mut Context<'_>,
     ctx: &RunCtx<'_>,
-) -> Poll<Instant> {
+) -> Poll<(Instant, Option<Outcome>)> {
     let aborted = ctx.aborted.load(Relaxed);
     if aborted || this.shared.as_ref().is_some_and(|s| s.is_cancelled()) {
         let outcome = if aborted {
-            Outcome::Aborted
+            Ending::Aborted
         } else {
-            Outcome::Cancelled
+            Ending::Cancelled
         };
         return Poll::Ready(settle(this, ctx, outcome, Err(JobError::Cancelled)));
     }
     let Some(work) = this.work.as_mut().as_pin_mut() else {
-        return Poll::Ready(Instant::now());
+        return Poll::Ready((Instant::now(), None));
     };
     let polled = {
         let _enter = ctx.span.enter();
         work.poll_work(cx)
     };
     match polled {
-        Poll::Ready(Ok(v)) => return Poll::Ready(settle(this, ctx, Outcome::Completed, Ok(v))),
-        Poll::Ready(Err(e)) => return Poll::Ready(settle(this, ctx, Outcome::Panicked, Err(e))),
+        Poll::Ready(Ok(v)) => return Poll::Ready(settle(this, ctx, Ending::Completed, Ok(v))),
+        Poll::Ready(Err(e)) => return Poll::Ready(settle(this, ctx, Ending::Panicked, Err(e))),
         Poll::Pending => {}
     }
     if let Some(sleep) = this.sleep.as_mut()
         && sleep.as_mut().poll(cx).is_ready()
     {
-        return Poll::Ready(settle(
-            this,
-            ctx,
-            Outcome::TimedOut,
-            Err(JobError::TimedOut),
-        ));
+        return Poll::Ready(settle(this, ctx, Ending::TimedOut, Err(JobError::TimedOut)));
     }
     Poll::Pending
 }

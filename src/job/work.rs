@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::JobError;
 use crate::job::{Early, Resolve};
+use crate::limit::Outcome;
 
 /// What a job does. Implemented for futures ([`AsyncWork`]) and for blocking
 /// closures ([`BlockingWork`]).
@@ -41,6 +42,71 @@ pub(crate) trait Work: Send + 'static {
     /// Called on the worker's task as the job starts, so the deadline counts from
     /// then, whenever the blocking thread gets to it.
     fn arm_timeout(self: Pin<&mut Self>, _t: Duration, _cell: Arc<dyn Resolve>) {}
+
+    /// What the job's output says about its downstream, for an adaptive limit;
+    /// `None` if the work is not classified (the outcome then follows from how
+    /// the job ended). Called once, on the output, before it goes to the handle.
+    fn classify(self: Pin<&mut Self>, _output: &Self::Output) -> Option<Outcome> {
+        None
+    }
+}
+
+pin_project! {
+    /// Work whose output is classified for an adaptive limit
+    /// ([`JobBuilder::classify`](crate::JobBuilder::classify)). Only classified
+    /// jobs carry a classifier: the others pay nothing for the feature.
+    pub(crate) struct Classified<W, C> {
+        #[pin]
+        work: W,
+        classify: Option<C>,
+    }
+}
+
+impl<W, C> Classified<W, C> {
+    pub(crate) fn new(work: W, classify: C) -> Self {
+        Classified {
+            work,
+            classify: Some(classify),
+        }
+    }
+
+    pub(crate) fn into_inner(self) -> W {
+        self.work
+    }
+}
+
+/// A job's classifier, its output's type erased (it is known when the job is
+/// built, so the downcast never fails).
+pub(crate) type Classifier = Box<dyn FnOnce(&dyn Any) -> Outcome + Send>;
+
+impl<W, C> Work for Classified<W, C>
+where
+    W: Work,
+    C: FnOnce(&dyn Any) -> Outcome + Send + 'static,
+{
+    type Output = W::Output;
+
+    const INLINE: bool = W::INLINE;
+
+    #[inline]
+    fn poll_work(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<W::Output, JobError>> {
+        self.project().work.poll_work(cx)
+    }
+
+    fn run_inline(self: Pin<&mut Self>) -> Option<Result<W::Output, JobError>> {
+        self.project().work.run_inline()
+    }
+
+    fn arm_timeout(self: Pin<&mut Self>, t: Duration, cell: Arc<dyn Resolve>) {
+        self.project().work.arm_timeout(t, cell);
+    }
+
+    fn classify(self: Pin<&mut Self>, output: &W::Output) -> Option<Outcome> {
+        let f = self.project().classify.take()?;
+        // A panicking classifier says nothing about the downstream.
+        let output: &dyn Any = output;
+        Some(catch_unwind(AssertUnwindSafe(|| f(output))).unwrap_or(Outcome::Ignore))
+    }
 }
 
 /// Turns a panic payload into the message carried by [`JobError::Panicked`].

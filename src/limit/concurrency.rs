@@ -3,7 +3,7 @@
 use tokio::time::Instant;
 
 use super::{Admit, Clock, Limiter};
-use crate::stats::Outcome;
+use crate::stats::Ending;
 
 /// At most `cap` jobs at once.
 #[derive(Clone, Copy, Debug)]
@@ -28,7 +28,7 @@ impl Limiter for ConcurrencyLimit {
     }
 
     #[inline]
-    fn release(&mut self, _: Outcome) {
+    fn release(&mut self, _: Ending) {
         self.running -= 1;
     }
 

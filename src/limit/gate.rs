@@ -1,22 +1,40 @@
 //! The set of limiters in front of a lane's jobs, or the pool's: [`Gate`]. A new
-//! limit becomes one more field here, checked in [`Gate::check`](Limiter::check).
+//! limit becomes one more field here, checked in [`Gate::check`].
 
 use tokio::time::Instant;
 
+use super::adaptive::{AdaptiveLimit, Outcome};
+use super::controller::Ticket;
 use super::{Admit, Clock, ConcurrencyLimit, Gcra, Limiter, Pause};
-use crate::stats::Outcome;
+use crate::stats::Ending;
 
 /// The limiters in front of one lane's jobs (or, with no concurrency cap, the
 /// pool's). Checked in order; the first that says no decides.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Gate {
     pub(crate) pause: Pause,
     pub(crate) concurrency: ConcurrencyLimit,
     pub(crate) rate: Option<Gcra>,
+    /// Boxed: most gates have none, and the lane stays small.
+    pub(crate) adaptive: Option<Box<AdaptiveLimit>>,
+}
+
+/// What a gate hears when a job it counted ends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Done {
+    /// How the job ended, for the counters.
+    pub(crate) ending: Ending,
+    /// When it ended and what it reports to an adaptive limit, if it ran (a job
+    /// found cancelled as it was taken, or whose worker was lost, reports nothing).
+    pub(crate) report: Option<(Instant, Outcome)>,
 }
 
 impl Gate {
-    pub(crate) fn new(concurrency: Option<usize>, rate: Option<super::Rate>) -> Gate {
+    pub(crate) fn new(
+        concurrency: Option<usize>,
+        rate: Option<super::Rate>,
+        adaptive: Option<AdaptiveLimit>,
+    ) -> Gate {
         Gate {
             pause: Pause::default(),
             concurrency: ConcurrencyLimit {
@@ -24,22 +42,20 @@ impl Gate {
                 running: 0,
             },
             rate: rate.map(Gcra::new),
+            adaptive: adaptive.map(Box::new),
         }
     }
-}
 
-impl Gate {
-    /// Whether a start counts against anything here (a cap or a rate), so that a
-    /// job must be claimed before it is counted.
+    /// Whether a start counts against anything here (a cap, a rate, an adaptive
+    /// limit), so that a job must be claimed before it is counted.
     #[inline]
     pub(crate) fn counts(&self) -> bool {
-        self.concurrency.cap != usize::MAX || self.rate.is_some()
+        self.concurrency.cap != usize::MAX || self.rate.is_some() || self.adaptive.is_some()
     }
-}
 
-impl Limiter for Gate {
+    /// Whether a job may start now, without taking anything.
     #[inline]
-    fn check(&self, clock: &mut Clock) -> Admit {
+    pub(crate) fn check(&self, clock: &mut Clock) -> Admit {
         match self.pause.check(clock) {
             Admit::Now => {}
             no => return no,
@@ -48,26 +64,61 @@ impl Limiter for Gate {
             Admit::Now => {}
             no => return no,
         }
+        if let Some(a) = &self.adaptive {
+            match a.check() {
+                Admit::Now => {}
+                no => return no,
+            }
+        }
         match &self.rate {
             Some(r) => Limiter::check(r, clock),
             None => Admit::Now,
         }
     }
 
+    /// A job passed every limiter and starts now: count it. Returns the adaptive
+    /// limit's ticket for the job, to hand back to [`release`](Gate::release).
     #[inline]
-    fn acquire(&mut self, clock: &mut Clock, queued_since: Option<Instant>) {
+    pub(crate) fn acquire(
+        &mut self,
+        clock: &mut Clock,
+        queued_since: Option<Instant>,
+    ) -> Option<Ticket> {
         self.concurrency.acquire(clock, queued_since);
         if let Some(r) = &mut self.rate {
             Limiter::acquire(r, clock, queued_since);
         }
+        self.adaptive.as_mut().map(|a| a.acquire(clock))
     }
 
+    /// A job this gate counted has ended. An adaptive limit learns from its
+    /// report, and an overload with a `retry_after` pauses the gate.
     #[inline]
-    fn release(&mut self, outcome: Outcome) {
-        self.concurrency.release(outcome);
+    pub(crate) fn release(&mut self, done: &Done, ticket: Option<Ticket>) {
+        self.concurrency.release(done.ending);
+        if let (Some(a), Some(t)) = (&mut self.adaptive, ticket) {
+            let (at, outcome) = done.report.unwrap_or((Instant::now(), Outcome::Ignore));
+            if let Some(until) = a.release(t, at, outcome) {
+                self.pause.extend(until);
+            }
+        }
     }
 
-    fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
+    /// Whether a job's end may let this gate's blocked lane start again: below
+    /// its concurrency cap and its adaptive limit. (Pauses and rates unblock
+    /// through timers.)
+    #[inline]
+    pub(crate) fn has_room(&self) -> bool {
+        self.concurrency.running < self.concurrency.cap
+            && self.adaptive.as_ref().is_none_or(|a| a.has_room())
+    }
+
+    /// The adaptive limit now, if the gate has one.
+    pub(crate) fn adaptive_limit(&self) -> Option<usize> {
+        self.adaptive.as_ref().map(|a| a.limit())
+    }
+
+    pub(crate) fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
         let pause = self.pause.holds_until(clock);
         let rate = self.rate.as_ref().and_then(|r| r.holds_until(clock));
         pause.max(rate)

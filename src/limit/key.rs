@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::error::LimitError;
-use crate::limit::Rate;
+use crate::limit::{Adaptive, Rate};
 
 /// A key that tags a job (a tenant, a host, an API token) so that per-key limits
 /// apply to it: see [`KeyLimits`] and [`JobBuilder::key`](crate::JobBuilder::key).
@@ -154,6 +154,8 @@ pub struct KeyLimits {
     /// key's share of the pool's places applies
     /// ([`Builder::key_queue_share`](crate::Builder::key_queue_share)).
     pub queue_capacity: Option<usize>,
+    /// The key's jobs run under a limit that adapts to its downstream.
+    pub adaptive: Option<Adaptive>,
 }
 
 impl KeyLimits {
@@ -174,13 +176,26 @@ impl KeyLimits {
         self
     }
 
+    /// Each key learns its own limit on running jobs (see [`Adaptive`]): for
+    /// example each host its own capacity. Its `max` defaults to, and is capped
+    /// at, the pool's workers; with [`concurrency`](KeyLimits::concurrency) too,
+    /// both apply.
+    pub fn adaptive(mut self, adaptive: Adaptive) -> KeyLimits {
+        self.adaptive = Some(adaptive);
+        self
+    }
+
     /// At most `n` jobs of the key wait in the queue. Must be at least 1.
     pub fn queue_capacity(mut self, n: usize) -> KeyLimits {
         self.queue_capacity = Some(n);
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), LimitError> {
+    /// Checks the limits for a pool of `workers` workers.
+    pub(crate) fn validate(&self, workers: usize) -> Result<(), LimitError> {
+        if let Some(a) = &self.adaptive {
+            a.validate(workers)?;
+        }
         if self.concurrency == Some(0) {
             return Err(LimitError::ZeroConcurrency);
         }
@@ -218,7 +233,11 @@ pub struct KeyStats {
     pub queue_timed_out: u64,
     /// Jobs of the key that panicked.
     pub panicked: u64,
-    /// Until when the key is paused by [`Pool::pause_key_for`](crate::Pool::pause_key_for),
-    /// if it is.
+    /// Until when the key is paused by [`Pool::pause_key_for`](crate::Pool::pause_key_for)
+    /// or by an [overload](crate::Outcome::Overload) with a `retry_after`, if it is.
     pub paused_until: Option<Instant>,
+    /// The key's limit on running jobs now: its [adaptive](KeyLimits::adaptive)
+    /// limit, or its [concurrency](KeyLimits::concurrency) cap (the lower of the
+    /// two if it has both); `None` if it has neither.
+    pub limit: Option<usize>,
 }

@@ -28,11 +28,18 @@
 //! public setting goes into [`KeyLimits`] (per key) or the `Builder` (the pool),
 //! and from there into `Gate::new`.
 
+mod adaptive;
 mod concurrency;
+mod controller;
 mod gate;
 mod key;
 mod pause;
 mod rate;
+
+pub(crate) use adaptive::AdaptiveLimit;
+pub use adaptive::{Adaptive, AdaptiveError, Outcome};
+pub(crate) use controller::Ticket;
+pub(crate) use gate::Done;
 
 pub(crate) use concurrency::ConcurrencyLimit;
 pub(crate) use gate::Gate;
@@ -43,7 +50,7 @@ pub(crate) use rate::{Gcra, after, far_future};
 
 use tokio::time::Instant;
 
-use crate::stats::Outcome;
+use crate::stats::Ending;
 
 /// The scheduler's clock for one decision: read at most once, and only if a
 /// limiter needs it, so that jobs without time-based limits never read it.
@@ -85,7 +92,7 @@ pub(crate) trait Limiter {
     /// the timer's granularity: see `Gcra::take`).
     fn acquire(&mut self, clock: &mut Clock, queued_since: Option<Instant>);
     /// A job this limiter counted has ended with `outcome`.
-    fn release(&mut self, outcome: Outcome);
+    fn release(&mut self, outcome: Ending);
     /// Until when the limiter holds state that would be lost if its lane were
     /// removed (a pause, a rate debt); `None` if it holds none past now.
     fn holds_until(&self, clock: &mut Clock) -> Option<Instant>;

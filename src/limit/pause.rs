@@ -4,7 +4,7 @@
 use tokio::time::Instant;
 
 use super::{Admit, Clock, Limiter};
-use crate::stats::Outcome;
+use crate::stats::Ending;
 
 /// No start before `until`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,7 +36,7 @@ impl Limiter for Pause {
 
     fn acquire(&mut self, _: &mut Clock, _: Option<Instant>) {}
 
-    fn release(&mut self, _: Outcome) {}
+    fn release(&mut self, _: Ending) {}
 
     fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
         self.active(clock)

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{Admit, Clock, Limiter};
 use crate::error::LimitError;
-use crate::stats::Outcome;
+use crate::stats::Ending;
 
 /// How fast jobs may start: `n` per period, with bursts of up to `burst` (default 1).
 ///
@@ -261,7 +261,7 @@ impl Limiter for Gcra {
         self.take(clock.now(), queued_since);
     }
 
-    fn release(&mut self, _: Outcome) {}
+    fn release(&mut self, _: Ending) {}
 
     fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
         self.owed_until(clock.now())

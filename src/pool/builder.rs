@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{BuildError, LimitError};
-use crate::limit::KeyLimits;
 use crate::limit::Rate;
+use crate::limit::{Adaptive, KeyLimits};
 use crate::pool::Pool;
 use crate::sched::{Inner, SchedConfig, Spawner};
 
@@ -50,6 +50,7 @@ impl Pool {
 /// | [`queue_timeout`](Builder::queue_timeout) | none |
 /// | [`name`](Builder::name) | `"taskgate"` |
 /// | [`rate_limit`](Builder::rate_limit) | none |
+/// | [`adaptive`](Builder::adaptive) | none (the limit is `workers`) |
 /// | [`key_limits`](Builder::key_limits) | none |
 /// | [`priority_aging`](Builder::priority_aging) | 1 s |
 ///
@@ -87,6 +88,7 @@ pub struct Builder {
     queue_timeout: Option<Duration>,
     name: Option<String>,
     rate: Option<Rate>,
+    adaptive: Option<Adaptive>,
     key_limits: KeyLimits,
     aging: Option<Duration>,
     key_share: Option<f64>,
@@ -172,6 +174,22 @@ impl Builder {
         self
     }
 
+    /// The pool's limit on running jobs adapts to its downstream's capacity,
+    /// within `[min, max]` (see [`Adaptive`] for the law, and
+    /// [`JobBuilder::classify`](crate::JobBuilder::classify) for telling it about
+    /// 429s). `max` defaults to, and is capped at, [`workers`](Builder::workers),
+    /// which stays the hard cap; [`Stats::limit`](crate::Stats::limit) shows the
+    /// limit now. For one limit per key (per host), use
+    /// [`KeyLimits::adaptive`](crate::KeyLimits::adaptive).
+    ///
+    /// Invalid settings (a `decrease` outside `[0.5, 1)`, `min` of zero or above
+    /// `max`, `initial` outside them) make [`build`](Builder::build) fail with
+    /// [`LimitError::InvalidAdaptive`](crate::LimitError::InvalidAdaptive).
+    pub fn adaptive(mut self, adaptive: Adaptive) -> Self {
+        self.adaptive = Some(adaptive);
+        self
+    }
+
     /// The limits every [key](crate::Key) gets unless
     /// [`Pool::set_key_limits`](crate::Pool::set_key_limits) overrides them: a
     /// concurrency cap, a rate and a queue capacity per key. Unkeyed jobs are not
@@ -247,7 +265,10 @@ impl Builder {
         if let Some(rate) = &self.rate {
             rate.validate()?;
         }
-        self.key_limits.validate()?;
+        self.key_limits.validate(workers)?;
+        if let Some(a) = &self.adaptive {
+            a.validate(workers)?;
+        }
         let share = self.key_share.unwrap_or(DEFAULT_KEY_SHARE);
         if !(share > 0.0 && share <= 1.0) {
             return Err(LimitError::InvalidQueueShare.into());
@@ -262,6 +283,7 @@ impl Builder {
             self.queue_timeout,
             SchedConfig {
                 rate: self.rate,
+                adaptive: self.adaptive,
                 key_limits: self.key_limits,
                 key_share: share,
                 aging: self.aging.unwrap_or(Duration::from_secs(1)),

@@ -1,13 +1,15 @@
 //! [`JobBuilder`]: per-job options, then a terminal call that submits the job.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
 use crate::error::{JobError, SubmitError, TrySubmitError};
-use crate::job::AsyncWork;
 use crate::job::JobHandle;
+use crate::job::{AsyncWork, Classified, Classifier};
 use crate::limit::Key;
+use crate::limit::Outcome;
 use crate::pool::{JobOpts, Pool};
 use crate::sched::Priority;
 
@@ -75,6 +77,9 @@ pub struct JobBuilder<'a, F> {
     pool: &'a Pool,
     fut: F,
     opts: JobOpts,
+    /// Boxed only when set: an unclassified job carries `None` and runs as plain
+    /// `AsyncWork`.
+    classify: Option<Classifier>,
 }
 
 impl<'a, F> JobBuilder<'a, F>
@@ -87,6 +92,7 @@ where
             pool,
             fut,
             opts: pool.default_opts(),
+            classify: None,
         }
     }
 
@@ -135,6 +141,51 @@ where
         self
     }
 
+    /// Tells the pool's [adaptive](crate::Builder::adaptive) limit (and the key's,
+    /// with [`KeyLimits::adaptive`](crate::KeyLimits::adaptive)) what the job's
+    /// output says about its downstream: for an HTTP call, a 429 or 503 is an
+    /// [`Outcome::Overload`] with its `Retry-After`, a 4xx of the caller's own
+    /// making is [`Outcome::Ignore`], the rest [`Outcome::Success`]. `f` runs once,
+    /// on the worker, when the job returns, before its handle gets the output; it
+    /// is not called for a job that panics, times out (an overload) or is
+    /// cancelled (ignored). A panic in `f` counts as `Ignore`. Without an adaptive
+    /// limit the outcome is unused. Unclassified jobs cost nothing extra; a
+    /// classified one carries its boxed classifier.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use taskgate::{Adaptive, Outcome, Pool};
+    ///
+    /// struct Response { status: u16, retry_after: Option<Duration> }
+    ///
+    /// let pool = Pool::builder().workers(8).adaptive(Adaptive::aimd()).build().unwrap();
+    /// let response = pool
+    ///     .job(async { Response { status: 200, retry_after: None } })
+    ///     .classify(|r: &Response| match r.status {
+    ///         429 | 503 => Outcome::Overload { retry_after: r.retry_after },
+    ///         400..=499 => Outcome::Ignore,
+    ///         _ => Outcome::Success,
+    ///     })
+    ///     .run()
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(response.status, 200);
+    /// # }
+    /// ```
+    pub fn classify<C>(mut self, f: C) -> Self
+    where
+        C: FnOnce(&F::Output) -> Outcome + Send + 'static,
+    {
+        self.classify = Some(Box::new(move |output: &dyn Any| {
+            output
+                .downcast_ref::<F::Output>()
+                .map_or(Outcome::Ignore, f)
+        }));
+        self
+    }
+
     /// Submits the job, waiting for queue space. See [`Pool::submit`].
     ///
     /// # Errors
@@ -145,10 +196,26 @@ where
     ///
     /// Dropping the call before it returns drops the job's future un-run.
     pub async fn submit(self) -> Result<JobHandle<F::Output>, SubmitError<F>> {
-        self.pool
-            .submit_work(AsyncWork::new(self.fut), self.opts, None)
-            .await
-            .map_err(|e| e.map(AsyncWork::into_inner))
+        self.submit_within(None).await
+    }
+
+    async fn submit_within(
+        self,
+        wait: Option<Duration>,
+    ) -> Result<JobHandle<F::Output>, SubmitError<F>> {
+        let work = AsyncWork::new(self.fut);
+        match self.classify {
+            None => self
+                .pool
+                .submit_work(work, self.opts, wait)
+                .await
+                .map_err(|e| e.map(AsyncWork::into_inner)),
+            Some(c) => self
+                .pool
+                .submit_work(Classified::new(work, c), self.opts, wait)
+                .await
+                .map_err(|e| e.map(|w| w.into_inner().into_inner())),
+        }
     }
 
     /// Submits the job, waiting at most `wait` for queue space. See
@@ -166,10 +233,7 @@ where
         self,
         wait: Duration,
     ) -> Result<JobHandle<F::Output>, SubmitError<F>> {
-        self.pool
-            .submit_work(AsyncWork::new(self.fut), self.opts, Some(wait))
-            .await
-            .map_err(|e| e.map(AsyncWork::into_inner))
+        self.submit_within(Some(wait)).await
     }
 
     /// Submits the job if there is queue space now. See [`Pool::try_submit`].
@@ -179,9 +243,17 @@ where
     /// [`TrySubmitError::Full`] or [`TrySubmitError::Closed`]; the future comes back
     /// inside.
     pub fn try_submit(self) -> Result<JobHandle<F::Output>, TrySubmitError<F>> {
-        self.pool
-            .try_submit_work(AsyncWork::new(self.fut), self.opts, true)
-            .map_err(|e| e.map(AsyncWork::into_inner))
+        let work = AsyncWork::new(self.fut);
+        match self.classify {
+            None => self
+                .pool
+                .try_submit_work(work, self.opts, true)
+                .map_err(|e| e.map(AsyncWork::into_inner)),
+            Some(c) => self
+                .pool
+                .try_submit_work(Classified::new(work, c), self.opts, true)
+                .map_err(|e| e.map(|w| w.into_inner().into_inner())),
+        }
     }
 
     /// Submits the job and waits for its result. See [`Pool::run`].
@@ -211,10 +283,19 @@ where
     ///
     /// Dropping the call before it returns drops the job's future un-run.
     pub async fn spawn(self) -> Result<(), SubmitError<F>> {
-        self.pool
-            .spawn_work(AsyncWork::new(self.fut), self.opts)
-            .await
-            .map_err(|e| e.map(AsyncWork::into_inner))
+        let work = AsyncWork::new(self.fut);
+        match self.classify {
+            None => self
+                .pool
+                .spawn_work(work, self.opts)
+                .await
+                .map_err(|e| e.map(AsyncWork::into_inner)),
+            Some(c) => self
+                .pool
+                .spawn_work(Classified::new(work, c), self.opts)
+                .await
+                .map_err(|e| e.map(|w| w.into_inner().into_inner())),
+        }
     }
 }
 
@@ -226,6 +307,7 @@ impl<F> fmt::Debug for JobBuilder<'_, F> {
             .field("queue_timeout", &self.opts.queue_timeout)
             .field("key", &self.opts.key)
             .field("priority", &self.opts.priority)
+            .field("classified", &self.classify.is_some())
             .finish_non_exhaustive()
     }
 }

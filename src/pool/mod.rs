@@ -446,7 +446,8 @@ impl Pool {
     /// # }
     /// ```
     pub fn set_key_limits(&self, key: impl Into<Key>, limits: KeyLimits) -> Result<(), LimitError> {
-        limits.validate()?;
+        // An adaptive limit's `max` is capped at the pool's size now.
+        limits.validate(self.inner().stats().workers)?;
         self.inner().set_key_limits(key.into(), Some(limits));
         Ok(())
     }

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use crate::error::JobError;
 use crate::job::Early;
-use crate::limit::{Clock, Key, KeyLimits, KeyStats, after};
-use crate::stats::{Outcome, Stats};
+use crate::limit::{Clock, Done, Key, KeyLimits, KeyStats, after};
+use crate::stats::{Ending, Stats};
 
 use super::{Held, Inner, Queued};
 
@@ -181,6 +181,11 @@ impl Inner {
         let totals = st.totals();
         Stats {
             workers: st.target.max(st.busy),
+            limit: st
+                .sched
+                .pool
+                .adaptive_limit()
+                .map_or(st.target, |a| a.min(st.target)),
             busy: st.busy,
             queued: st.sched.queued,
             keys: st.sched.keys(),
@@ -210,8 +215,12 @@ impl Inner {
             let mut st = self.lock();
             if let Some(h) = held {
                 st.busy -= 1;
+                let done = Done {
+                    ending: Ending::Aborted,
+                    report: None,
+                };
                 st.sched
-                    .finish(h.lane, h.counted, Outcome::Aborted, &mut Clock::default());
+                    .finish(h.lane, h.counted, &done, h.tickets, &mut Clock::default());
             }
             if mid_job {
                 // Its job ends as cancelled when the guard drops it, just after this.

@@ -18,16 +18,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::JobError;
 use crate::job::{Canceller, Job, Pos, Task, Work};
-use crate::limit::Clock;
-use crate::limit::Rate;
+use crate::limit::{Adaptive, Rate};
+use crate::limit::{Clock, Done};
 use crate::limit::{Key, KeyLimits};
 use crate::sched::Priority;
-use crate::sched::{Gone, Queued, Sched};
+use crate::sched::{Gone, Queued, Sched, Tickets};
 use crate::sched::{Ticket, Waiters};
 
 use super::state::{Action, State, TimerAct};
+use crate::stats::Shard;
 use crate::stats::Telemetry;
-use crate::stats::{Outcome, Shard};
 
 /// The job a worker holds a slot for, reported back when it ends.
 #[derive(Clone, Copy)]
@@ -35,6 +35,8 @@ pub(crate) struct Held {
     pub(crate) lane: u32,
     /// It counts against its limits (it was not found cancelled as it was taken).
     pub(crate) counted: bool,
+    /// Its adaptive limits' tickets, if any counted it.
+    pub(crate) tickets: Tickets,
 }
 
 /// Where a new job goes: its key's lane and its priority.
@@ -46,6 +48,8 @@ pub(crate) struct Place<'a> {
 /// The scheduling settings a pool is built with.
 pub(crate) struct SchedConfig {
     pub(crate) rate: Option<Rate>,
+    /// The pool's adaptive limit (`Builder::adaptive`), checked.
+    pub(crate) adaptive: Option<Adaptive>,
     pub(crate) key_limits: KeyLimits,
     /// The share of the pool's places a key may hold (`Builder::key_queue_share`).
     pub(crate) key_share: f64,
@@ -135,6 +139,7 @@ impl Inner {
             state: Padded(Mutex::new(State {
                 sched: Sched::new(
                     sched.rate,
+                    sched.adaptive,
                     sched.key_limits,
                     sched.key_share,
                     capacity,
@@ -365,7 +370,7 @@ impl Inner {
         self: &Arc<Self>,
         idx: usize,
         held: &mut Option<Held>,
-        outcome: Outcome,
+        done: &Done,
         read_at: &mut Option<Instant>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Queued>> {
@@ -373,7 +378,8 @@ impl Inner {
         let mut clock = Clock::default();
         if let Some(h) = held.take() {
             st.busy -= 1;
-            st.sched.finish(h.lane, h.counted, outcome, &mut clock);
+            st.sched
+                .finish(h.lane, h.counted, done, h.tickets, &mut clock);
         }
         let result = self.next_locked(&mut st, idx, held, &mut clock, cx);
         // If a limit read the clock to decide, the worker reuses that reading as
@@ -436,13 +442,15 @@ impl Inner {
             st.remove_slot(idx);
             return Poll::Ready(None);
         }
+        let mut tickets = Tickets::default();
         if st.busy < st.target
-            && let Some(q) = st.sched.pick(clock)
+            && let Some(q) = st.sched.pick(clock, &mut tickets)
         {
             st.busy += 1;
             *held = Some(Held {
                 lane: q.lane,
                 counted: q.counted(),
+                tickets,
             });
             if st.closed && st.sched.queued == 0 && st.reaper_running {
                 // Let the timer task see it has nothing left, so shutdown need not

@@ -5,7 +5,7 @@
 use tokio::time::Instant;
 
 use super::lanes::{Lane, POOL, Queues, SPARE_CAPACITY, SPARE_LANES, Sched, UNKEYED};
-use crate::limit::{Clock, Key, KeyLimits, KeyStats, Limiter};
+use crate::limit::{AdaptiveLimit, Clock, Key, KeyLimits, KeyStats};
 
 impl Sched {
     /// The lane for a new job of `key`, created if needed; `None` if the key's
@@ -50,6 +50,7 @@ impl Sched {
     /// `queue_capacity(0)` a key still gets its share of the workers, and a share
     /// of 1 lets it take every place.
     pub(crate) fn set_workers(&mut self, workers: usize) {
+        self.workers = workers;
         let places = self.queue_capacity.saturating_add(workers);
         // A float product of a count, floored: exact enough for a share of places.
         self.key_capacity = ((places as f64 * self.key_share).floor() as usize).max(1);
@@ -68,6 +69,13 @@ impl Sched {
         }
     }
 
+    /// A new adaptive limit for a lane with `limits`, if they have one.
+    fn adaptive_for(&self, limits: &KeyLimits) -> Option<AdaptiveLimit> {
+        limits
+            .adaptive
+            .map(|a| AdaptiveLimit::new(a, self.workers, self.origin))
+    }
+
     pub(super) fn create_lane(&mut self, key: &Key) -> u32 {
         let limits = self.limits_of(key);
         let generation = self.next_generation;
@@ -75,13 +83,15 @@ impl Sched {
         let lane = match self.spare.pop() {
             Some(mut lane) => {
                 let queues = std::mem::take(&mut lane.queues);
-                *lane = Lane::new(Some(key.clone()), generation, &limits, queues);
+                let adaptive = self.adaptive_for(&limits);
+                *lane = Lane::new(Some(key.clone()), generation, &limits, adaptive, queues);
                 lane
             }
             None => Box::new(Lane::new(
                 Some(key.clone()),
                 generation,
                 &limits,
+                self.adaptive_for(&limits),
                 Queues::default(),
             )),
         };
@@ -181,7 +191,8 @@ impl Sched {
             }
         };
         if let Some(&li) = self.by_key.get(&key) {
-            self.lane(li).apply(&applied);
+            let (workers, origin) = (self.workers, self.origin);
+            self.lane(li).apply(&applied, workers, origin);
             self.unblock(li);
             self.collect(li, clock);
         }
@@ -200,6 +211,11 @@ impl Sched {
             queue_timed_out: c.queue_timed_out,
             panicked: c.panicked,
             paused_until: lane.gate.pause.active(clock),
+            limit: match (lane.gate.adaptive_limit(), lane.gate.concurrency.cap) {
+                (Some(a), cap) => Some(a.min(cap)),
+                (None, usize::MAX) => None,
+                (None, cap) => Some(cap),
+            },
         })
     }
 

@@ -27,10 +27,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::job::Job;
-use crate::limit::{Admit, Clock, Gate, Limiter};
+use crate::limit::{Adaptive, AdaptiveLimit, Admit, Clock, Done, Gate, Ticket};
 use crate::limit::{Gcra, Rate, far_future};
 use crate::limit::{Key, KeyLimits};
-use crate::stats::Outcome;
+use crate::stats::Ending;
 
 use super::aging::Aging;
 
@@ -126,6 +126,7 @@ impl Lane {
         key: Option<Key>,
         generation: u32,
         limits: &KeyLimits,
+        adaptive: Option<AdaptiveLimit>,
         queues: Queues,
     ) -> Lane {
         Lane {
@@ -137,7 +138,7 @@ impl Lane {
             in_ring: [false; 3],
             blocked: false,
             watched: false,
-            gate: Gate::new(limits.concurrency, limits.rate),
+            gate: Gate::new(limits.concurrency, limits.rate, adaptive),
             capacity: limits.queue_capacity,
             wake_at: None,
             counts: KeyCounts::default(),
@@ -162,8 +163,15 @@ impl Lane {
         self.queues[p].pop_front()
     }
 
-    pub(super) fn apply(&mut self, limits: &KeyLimits) {
+    pub(super) fn apply(&mut self, limits: &KeyLimits, workers: usize, origin: Instant) {
         self.gate.concurrency.cap = limits.concurrency.unwrap_or(usize::MAX);
+        match (&mut self.gate.adaptive, limits.adaptive) {
+            (Some(a), Some(config)) => a.reconfigure(config, workers),
+            (a @ None, Some(config)) => {
+                *a = Some(Box::new(AdaptiveLimit::new(config, workers, origin)));
+            }
+            (a, None) => *a = None,
+        }
         self.capacity = limits.queue_capacity;
         self.gate.rate = match (self.gate.rate, limits.rate) {
             (Some(mut g), Some(r)) => {
@@ -175,15 +183,23 @@ impl Lane {
         };
     }
 
-    pub(super) fn record(&mut self, outcome: Outcome) {
+    pub(super) fn record(&mut self, outcome: Ending) {
         let c = &mut self.counts;
         match outcome {
-            Outcome::Completed => c.completed += 1,
-            Outcome::Cancelled | Outcome::Aborted => c.cancelled += 1,
-            Outcome::TimedOut => c.timed_out += 1,
-            Outcome::Panicked => c.panicked += 1,
+            Ending::Completed => c.completed += 1,
+            Ending::Cancelled | Ending::Aborted => c.cancelled += 1,
+            Ending::TimedOut => c.timed_out += 1,
+            Ending::Panicked => c.panicked += 1,
         }
     }
+}
+
+/// The adaptive limits' tickets of a job that started: its lane's and the
+/// pool's, handed back to [`Sched::finish`] when it ends.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Tickets {
+    pub(crate) pool: Option<Ticket>,
+    pub(crate) lane: Option<Ticket>,
 }
 
 /// The lanes by index: the unkeyed lane inline (it is on every unkeyed job's
@@ -272,21 +288,29 @@ pub(crate) struct Sched {
     /// Queue-timeout deadlines: (deadline, id, lane, priority at submit).
     pub(super) deadlines: BTreeSet<(Instant, u64, u32, u8)>,
     pub(super) next_generation: u32,
+    /// The pool's size, which caps an adaptive limit's `max`.
+    pub(super) workers: usize,
+    /// Where adaptive limits count time from.
+    pub(super) origin: Instant,
 }
 
 impl Sched {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         pool_rate: Option<Rate>,
+        pool_adaptive: Option<Adaptive>,
         defaults: KeyLimits,
         key_share: f64,
         queue_capacity: usize,
         workers: usize,
         aging_after: Duration,
     ) -> Sched {
+        // Adaptive limits count time from here.
+        let origin = Instant::now();
         let mut sched = Sched {
             lanes: Slab {
                 // Unkeyed jobs have no queue of their own to fill.
-                unkeyed: Lane::new(None, 0, &KeyLimits::default(), Queues::default()),
+                unkeyed: Lane::new(None, 0, &KeyLimits::default(), None, Queues::default()),
                 keyed: Vec::new(),
             },
             free: Vec::new(),
@@ -304,7 +328,13 @@ impl Sched {
             queued: 0,
             freed: Vec::new(),
             by_prio: [0; 3],
-            pool: Gate::new(None, pool_rate),
+            pool: Gate::new(
+                None,
+                pool_rate,
+                pool_adaptive.map(|a| AdaptiveLimit::new(a, workers, origin)),
+            ),
+            workers,
+            origin,
             pool_blocked: None,
             wakeups: BTreeSet::new(),
             deadlines: BTreeSet::new(),
@@ -405,7 +435,7 @@ impl Sched {
     /// Takes the next job that may start now, taking its place against every limit.
     /// `None` if nothing queued may start; the lanes that could not were marked
     /// blocked, with timers where time will unblock them.
-    pub(crate) fn pick(&mut self, clock: &mut Clock) -> Option<Queued> {
+    pub(crate) fn pick(&mut self, clock: &mut Clock, tickets: &mut Tickets) -> Option<Queued> {
         if self.queued == 0 || self.pool_blocked.is_some() {
             return None;
         }
@@ -477,10 +507,10 @@ impl Sched {
                     let rated = lane.gate.rate.is_some() || self.pool.rate.is_some();
                     let since = rated.then(|| q.job.submitted());
                     if li != UNKEYED {
-                        lane.gate.acquire(clock, since);
+                        tickets.lane = lane.gate.acquire(clock, since);
                     }
                     if self.pool.counts() {
-                        self.pool.acquire(clock, since);
+                        tickets.pool = self.pool.acquire(clock, since);
                     }
                 }
                 self.queued -= 1;
@@ -500,9 +530,16 @@ impl Sched {
     }
 
     /// A job taken by `pick` has ended (or, if not `counted`, was found cancelled as it was taken).
-    pub(crate) fn finish(&mut self, li: u32, counted: bool, outcome: Outcome, clock: &mut Clock) {
+    pub(crate) fn finish(
+        &mut self,
+        li: u32,
+        counted: bool,
+        done: &Done,
+        tickets: Tickets,
+        clock: &mut Clock,
+    ) {
         if counted && self.pool.counts() {
-            self.pool.release(outcome);
+            self.pool.release(done, tickets.pool);
         }
         if li == UNKEYED {
             // Counted nothing in `pick`; never collected.
@@ -510,10 +547,14 @@ impl Sched {
         }
         let lane = self.lane(li);
         lane.taken -= 1;
-        lane.record(if counted { outcome } else { Outcome::Cancelled });
+        lane.record(if counted {
+            done.ending
+        } else {
+            Ending::Cancelled
+        });
         if counted {
-            lane.gate.release(outcome);
-            if lane.blocked && lane.gate.concurrency.running < lane.gate.concurrency.cap {
+            lane.gate.release(done, tickets.lane);
+            if lane.blocked && lane.gate.has_room() {
                 self.unblock(li);
             }
         }

@@ -12,6 +12,6 @@ mod waiters;
 
 pub(crate) use inner::Spawner;
 pub(crate) use inner::{Held, Inner, Place, Refused, SchedConfig, Waiting};
-pub(crate) use lanes::{Gone, Queued, Sched};
+pub(crate) use lanes::{Gone, Queued, Sched, Tickets};
 pub use priority::Priority;
 pub(crate) use waiters::{Granted, Ticket, Waiters};

@@ -1,5 +1,5 @@
 //! What the pool counts: the public [`Stats`], [`Latency`] and
-//! [`ShutdownReport`], the [`Outcome`] a worker records, the workers' stats shards
+//! [`ShutdownReport`], the [`Ending`] a worker records, the workers' stats shards
 //! (`shard.rs`) and the metrics export (`telemetry.rs`, feature `metrics`).
 
 mod shard;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// How a job ended, for the counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Ending {
     Completed,
     Cancelled,
     Aborted,
@@ -50,6 +50,9 @@ pub struct Stats {
     /// Workers in service: the size set by the builder or [`resize`](crate::Pool::resize),
     /// or more while jobs that were running when the pool shrank finish. Always `>= busy`.
     pub workers: usize,
+    /// The limit on running jobs now: the pool's [adaptive](crate::Builder::adaptive)
+    /// limit, or its size for a pool without one. At most `workers`.
+    pub limit: usize,
     /// Jobs running now. A job counts from when a worker takes it until the worker
     /// is free for the next one, which is just after the job's handle resolves.
     pub busy: usize,

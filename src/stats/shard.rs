@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::{Latency, Outcome};
+use super::{Ending, Latency};
 
 /// Sub-buckets per power of two: 4, so a bucket spans at most 25% of its value.
 const SUB_BITS: u32 = 2;
@@ -140,16 +140,16 @@ impl Shard {
 
     /// Records a job's outcome. Called by the owning worker only.
     #[inline]
-    pub(crate) fn record(&self, outcome: Outcome) {
+    pub(crate) fn record(&self, outcome: Ending) {
         match outcome {
-            Outcome::Completed => bump(&self.completed),
-            Outcome::Cancelled => bump(&self.cancelled),
-            Outcome::Aborted => {
+            Ending::Completed => bump(&self.completed),
+            Ending::Cancelled => bump(&self.cancelled),
+            Ending::Aborted => {
                 bump(&self.cancelled);
                 bump(&self.aborted);
             }
-            Outcome::TimedOut => bump(&self.timed_out),
-            Outcome::Panicked => bump(&self.panicked),
+            Ending::TimedOut => bump(&self.timed_out),
+            Ending::Panicked => bump(&self.panicked),
         }
     }
 

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::stats::Outcome;
+use crate::stats::Ending;
 
 #[cfg(feature = "metrics")]
 mod imp {
@@ -57,12 +57,12 @@ mod imp {
         }
 
         #[inline]
-        pub(crate) fn outcome(&self, outcome: Outcome) {
+        pub(crate) fn outcome(&self, outcome: Ending) {
             match outcome {
-                Outcome::Completed => self.completed.increment(1),
-                Outcome::Cancelled | Outcome::Aborted => self.cancelled.increment(1),
-                Outcome::TimedOut => self.timed_out.increment(1),
-                Outcome::Panicked => self.panicked.increment(1),
+                Ending::Completed => self.completed.increment(1),
+                Ending::Cancelled | Ending::Aborted => self.cancelled.increment(1),
+                Ending::TimedOut => self.timed_out.increment(1),
+                Ending::Panicked => self.panicked.increment(1),
             }
         }
 
@@ -112,7 +112,7 @@ mod imp {
             Telemetry
         }
         #[inline(always)]
-        pub(crate) fn outcome(&self, _: Outcome) {}
+        pub(crate) fn outcome(&self, _: Ending) {}
         #[inline(always)]
         pub(crate) fn cancelled(&self, _: u64) {}
         #[inline(always)]

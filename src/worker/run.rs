@@ -18,8 +18,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Span;
 
 use crate::job::{Counters, Job, RunCtx, drop_quietly};
+use crate::limit::{Done, Outcome};
 use crate::sched::{Held, Inner};
-use crate::stats::{Outcome, Shard};
+use crate::stats::{Ending, Shard};
 
 /// Unregisters a worker that is dropped without exiting normally (its runtime is
 /// shutting down), counting the job it was running.
@@ -55,7 +56,7 @@ pub(crate) struct Worker {
     /// serves as the next start time, saving a clock read per job under load.
     last_end: Option<Instant>,
     /// How the previous job ended, for its key's counters and limits.
-    outcome: Outcome,
+    done: Done,
     /// The worker had to wait for the job it is taking.
     waited: bool,
     /// The clock as read by the scheduler while it took the job, if it read it.
@@ -82,7 +83,7 @@ impl Worker {
             let p = inner.next_job(
                 self.guard.idx,
                 &mut self.guard.held,
-                self.outcome,
+                &self.done,
                 &mut self.read_at,
                 cx,
             );
@@ -102,7 +103,12 @@ impl Worker {
             else {
                 drop_quietly(job);
                 self.last_end = None;
-                self.outcome = Outcome::Cancelled;
+                // Found cancelled as it was taken: it never ran, so it tells an
+                // adaptive limit nothing.
+                self.done = Done {
+                    ending: Ending::Cancelled,
+                    report: None,
+                };
                 continue;
             };
             let started = match (self.read_at, self.last_end.take()) {
@@ -124,7 +130,7 @@ impl Worker {
     }
 
     /// Runs a blocking job to its end on the current thread (see `thread.rs`).
-    pub(crate) fn run_inline(&mut self, s: Started) -> (Instant, Outcome) {
+    pub(crate) fn run_inline(&mut self, s: Started) -> (Instant, Ending) {
         let Started { job, span, started } = s;
         let job = self.guard.job.insert(job);
         // Field by field: the job is borrowed from the guard mutably.
@@ -141,9 +147,12 @@ impl Worker {
     }
 
     /// Records how the job ended and drops it.
-    pub(crate) fn ended(&mut self, ended: Instant, how: Outcome) {
+    pub(crate) fn ended(&mut self, ended: Instant, how: Ending, signal: Option<Outcome>) {
         self.last_end = Some(ended);
-        self.outcome = how;
+        self.done = Done {
+            ending: how,
+            report: Some((ended, signal.unwrap_or_else(|| Outcome::of(how)))),
+        };
         // The result cell may hold an output whose handle is gone: its drop (and the
         // future's, already done) must not take the worker down.
         drop_quietly(self.guard.job.take());
@@ -170,7 +179,10 @@ pub(crate) fn spawn(
         guard,
         shard,
         last_end: None,
-        outcome: Outcome::Completed,
+        done: Done {
+            ending: Ending::Completed,
+            report: None,
+        },
         waited: false,
         read_at: None,
     };
@@ -202,7 +214,7 @@ async fn run(mut w: Worker, mut first: Option<Started>) {
         }
         let Started { job, span, started } = s;
         let job = w.guard.job.insert(job);
-        let (ended, how) = {
+        let (ended, how, signal) = {
             // Field by field: the job is borrowed from the guard mutably.
             let ctx = RunCtx {
                 counters: Counters {
@@ -215,7 +227,7 @@ async fn run(mut w: Worker, mut first: Option<Started>) {
             };
             poll_fn(|cx| job.as_mut().poll_run(cx, &ctx)).await
         };
-        w.ended(ended, how);
+        w.ended(ended, how, signal);
         // A worker with a long queue of ready jobs would otherwise never return to
         // the scheduler. Spend one unit of Tokio's cooperative budget per job, so it
         // yields now and then and the tasks sharing its thread (often the very

@@ -57,7 +57,7 @@ fn run(mut w: Worker, mut s: Started) {
     let mut cx = Context::from_waker(&waker);
     loop {
         let (ended, how) = w.run_inline(s);
-        w.ended(ended, how);
+        w.ended(ended, how, None);
         let linger_until = std::time::Instant::now() + LINGER;
         let next = loop {
             match w.poll_take(&mut cx) {

@@ -1,0 +1,476 @@
+//! The adaptive limit's control law: [`Controller`], the learned limit of one
+//! downstream (the pool's, or one key's).
+//!
+//! [`Adaptive`](super::Adaptive) is the configuration, checked into a
+//! [`Resolved`](super::adaptive::Resolved) one, and [`Controller`] is the learned
+//! state. The controller is a pure state machine: it reads no clock and
+//! spawns nothing. The caller passes the time of every event as a [`Nanos`], an
+//! offset from an origin of its choosing (for example `Instant::now() - origin`);
+//! times must not go backwards.
+//!
+//! # The control law
+//!
+//! Time is cut into *windows* of about one smoothed run time (an EWMA, weight 0.4,
+//! of each window's mean run time of successful jobs). At the end of a window the
+//! limit
+//!
+//! * doubles (slow start, until the first decrease) or grows by one when the
+//!   jobs in flight reached the limit during the window, no job was overloaded,
+//!   no running job has taken more than three smoothed run times (a hang), and
+//!   the run time is not a slow-down;
+//! * is cut when the run time is a *slow-down*: the smaller of the smoothed run
+//!   time and this window's mean is more than 1.3 times the baseline (the lowest
+//!   smoothed run time), while at least half the limit was in flight. The cut is
+//!   proportional, `limit * min(decrease, 1.3 * baseline / run time)`, never below
+//!   half. If slow-down cuts have halved the limit since the run time peaked and
+//!   jobs that started after the old limit's jobs had all ended are still as slow,
+//!   the slow-down is not ours (the downstream got slower): the baseline moves up.
+//!
+//! An [`Outcome::Overload`] cuts the limit at once, by the decrease factor, and when
+//! the last window shows that the downstream completed far fewer jobs than the
+//! limit allows, straight down to what it completed (1.25 times the completed
+//! concurrency, rate times run time). Overloads of jobs that started before the
+//! last decrease belong to the burst that caused it and do not cut again. The
+//! first hung job (see above) that started after the last decrease counts as an
+//! overload. A `retry_after` pauses starts until `now + min(retry_after,
+//! max_pause)`; later ones extend the pause, never shorten it.
+//!
+//! The limit always stays in `[min, max]`. Decisions are taken in
+//! [`Controller::on_release`] only.
+//!
+//! Every call is O(1) amortized and allocates nothing in steady state.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::adaptive::{Outcome, Resolved};
+
+/// A point in time: the offset from an origin the caller chooses.
+pub(crate) type Nanos = Duration;
+
+/// A running job, from [`Controller::on_start`]; hand it back to
+/// [`Controller::on_release`] exactly once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Ticket(u64);
+
+/// What a release changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct Release {
+    /// The limit changed (up or down).
+    pub(crate) limit_changed: bool,
+    /// This release set or extended a pause: start nothing before this time.
+    pub(crate) pause_until: Option<Nanos>,
+}
+
+/// Which parts of the law are on: the law of the module docs. Each part is a
+/// flag so that the prototype's simulation could measure what it does (the
+/// `prototypes` branch, `adaptive/DESIGN.md`); the crate runs `Law::FINAL` only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Law {
+    /// Double per window until the first decrease.
+    slow_start: bool,
+    /// Grow on any clean window (not only when its mean run time is at most the average).
+    grow_on_any_window: bool,
+    /// Cut when a window's mean run time is 2.5 deviations above the average.
+    deviation_cut: bool,
+    /// No latency cut while fewer than half the limit were in flight.
+    latency_needs_half: bool,
+    /// Cut at once on an overload, once per burst (otherwise: once at the window's end).
+    immediate_overload_cut: bool,
+    /// No growth while a job runs longer than 3 smoothed run times.
+    hang_blocks_growth: bool,
+    /// A job running longer than 3 smoothed run times counts as an overload.
+    hang_cuts: bool,
+    /// Cut when the smoothed run time exceeds 1.5 times its baseline.
+    slowdown_cut: bool,
+    /// A slow-down cuts in proportion to it (down to half), not only by `decrease`.
+    proportional_slowdown: bool,
+    /// An overload cuts at most to the completed concurrency of the last window (+25%).
+    goodput_floor: bool,
+    /// The baseline resets when cutting does not bring the run time down.
+    baseline_reset: bool,
+}
+
+impl Law {
+    /// The law described in the module docs.
+    const FINAL: Law = Law {
+        slow_start: true,
+        grow_on_any_window: true,
+        deviation_cut: false,
+        latency_needs_half: true,
+        immediate_overload_cut: true,
+        hang_blocks_growth: true,
+        hang_cuts: true,
+        slowdown_cut: true,
+        proportional_slowdown: true,
+        goodput_floor: true,
+        baseline_reset: true,
+    };
+}
+
+/// EWMA weight of one window's mean run time (Vector's default).
+const ALPHA: f64 = 0.4;
+/// A window's mean run time this many deviations above the average is a signal
+/// (Vector's rule; off in the final law, see DESIGN.md).
+const DEV_SCALE: f64 = 2.5;
+/// The deviation is taken as at least this fraction of the average.
+const DEV_FLOOR: f64 = 0.02;
+/// A job running longer than this many smoothed run times is hung.
+const HANG_FACTOR: f64 = 3.0;
+/// A run time above this many times its baseline is a slow-down.
+const SLOWDOWN_FACTOR: f64 = 1.3;
+/// When slow-down cuts in a row have halved the limit since the run time peaked and
+/// it is still above this fraction of the peak, the baseline is stale.
+const STALE_GAIN: f64 = 0.9;
+/// Headroom over the completed concurrency when an overload cuts deep.
+const HEADROOM: f64 = 1.25;
+/// The shortest window.
+const MIN_WINDOW: Duration = Duration::from_millis(1);
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    start: Nanos,
+    live: bool,
+}
+
+/// The learned limit of one downstream. See the [module docs](self) for the law.
+#[derive(Clone, Debug)]
+pub(crate) struct Controller {
+    cfg: Resolved,
+    law: Law,
+    limit: usize,
+    in_flight: usize,
+    /// Start times of the jobs from ticket `head` on; released ones are flagged
+    /// and popped once they reach the front, so the front is the oldest running job.
+    ring: VecDeque<Slot>,
+    head: u64,
+    next: u64,
+    /// Overloads of tickets below this belong to the burst already answered.
+    cut_seq: u64,
+    /// Tickets from this one on started after every job of the old limit had
+    /// ended (`u64::MAX` until then).
+    settled_seq: u64,
+    slow_start: bool,
+    pause_until: Option<Nanos>,
+    // Estimates, in seconds. `avg == 0` until the first success.
+    avg: f64,
+    dev: f64,
+    base: f64,
+    /// The highest run time level during the slow-down cuts in a row, and the
+    /// limit then (limit 0: the last window was not slow).
+    slow_ref_limit: usize,
+    slow_ref: f64,
+    /// Completions per second in the last window (negative: none measured yet).
+    last_rate: f64,
+    // The current window.
+    win_start: Nanos,
+    win_end: Nanos,
+    win_sum: f64,
+    win_n: u32,
+    win_done: u32,
+    win_peak: usize,
+    win_overload: bool,
+    win_settled_sum: f64,
+    win_settled_n: u32,
+}
+
+impl Controller {
+    /// A controller starting at `cfg.initial()`.
+    pub(crate) fn new(cfg: Resolved) -> Self {
+        let law = Law::FINAL;
+        Controller {
+            cfg,
+            law,
+            limit: cfg.initial,
+            in_flight: 0,
+            ring: VecDeque::new(),
+            head: 0,
+            next: 0,
+            cut_seq: 0,
+            settled_seq: 0,
+            slow_start: law.slow_start,
+            pause_until: None,
+            avg: 0.0,
+            dev: 0.0,
+            base: 0.0,
+            slow_ref_limit: 0,
+            slow_ref: 0.0,
+            last_rate: -1.0,
+            win_start: Duration::ZERO,
+            win_end: Duration::MAX,
+            win_sum: 0.0,
+            win_n: 0,
+            win_done: 0,
+            win_peak: 0,
+            win_overload: false,
+            win_settled_sum: 0.0,
+            win_settled_n: 0,
+        }
+    }
+
+    /// Starts over with `cfg`, as a new controller whose tickets come after every
+    /// ticket given so far: those still out are ignored when they come back.
+    pub(crate) fn restart(&mut self, cfg: Resolved) {
+        let next = self.next;
+        *self = Controller::new(cfg);
+        self.head = next;
+        self.next = next;
+        self.cut_seq = next;
+        self.settled_seq = next;
+    }
+
+    /// The current limit on jobs in flight.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Jobs started and not yet released.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Until when starts are paused by a `retry_after`, if ever set (may be past).
+    #[cfg(test)]
+    pub(crate) fn paused_until(&self) -> Option<Nanos> {
+        self.pause_until
+    }
+
+    /// Whether a job may start at `now`: below the limit and not paused.
+    #[cfg(test)]
+    pub(crate) fn admits(&self, now: Nanos) -> bool {
+        self.in_flight < self.limit && self.pause_until.is_none_or(|p| now >= p)
+    }
+
+    /// The start time of the oldest job still running.
+    #[cfg(test)]
+    pub(crate) fn oldest_start(&self) -> Option<Nanos> {
+        self.ring.front().map(|s| s.start)
+    }
+
+    /// A job starts at `now`. The caller checks that fewer than `limit` are in
+    /// flight first; the controller counts the job either way.
+    pub(crate) fn on_start(&mut self, now: Nanos) -> Ticket {
+        let t = Ticket(self.next);
+        self.next += 1;
+        self.ring.push_back(Slot {
+            start: now,
+            live: true,
+        });
+        self.in_flight += 1;
+        if self.in_flight > self.win_peak {
+            self.win_peak = self.in_flight;
+        }
+        t
+    }
+
+    /// The job of `ticket` ended at `now` with `outcome`. A ticket that is unknown
+    /// or already released changes nothing.
+    pub(crate) fn on_release(&mut self, ticket: Ticket, now: Nanos, outcome: Outcome) -> Release {
+        let Some(start) = self.retire(ticket) else {
+            return Release::default();
+        };
+        let before = self.limit;
+        let mut pause_until = None;
+        match outcome {
+            Outcome::Success => {
+                let rtt = now.saturating_sub(start).as_secs_f64();
+                self.win_done += 1;
+                self.win_sum += rtt;
+                self.win_n += 1;
+                if ticket.0 >= self.settled_seq {
+                    self.win_settled_sum += rtt;
+                    self.win_settled_n += 1;
+                }
+                if self.avg <= 0.0 && rtt > 0.0 {
+                    self.avg = rtt;
+                    self.dev = rtt / 2.0;
+                    self.base = rtt;
+                    self.reset_window(now);
+                }
+            }
+            Outcome::Ignore => self.win_done += 1,
+            Outcome::Overload { retry_after } => {
+                self.win_overload = true;
+                if let Some(after) = retry_after {
+                    pause_until = self.extend_pause(now, after);
+                }
+                if self.law.immediate_overload_cut && ticket.0 >= self.cut_seq {
+                    self.cut(now, true);
+                }
+            }
+        }
+        if now >= self.win_end {
+            self.end_window(now);
+        }
+        Release {
+            limit_changed: self.limit != before,
+            pause_until,
+        }
+    }
+
+    fn retire(&mut self, ticket: Ticket) -> Option<Nanos> {
+        let idx = usize::try_from(ticket.0.checked_sub(self.head)?).ok()?;
+        let slot = self.ring.get_mut(idx)?;
+        if !slot.live {
+            return None;
+        }
+        slot.live = false;
+        let start = slot.start;
+        self.in_flight -= 1;
+        while self.ring.front().is_some_and(|s| !s.live) {
+            self.ring.pop_front();
+            self.head += 1;
+        }
+        if self.settled_seq == u64::MAX && self.head >= self.cut_seq {
+            self.settled_seq = self.next;
+        }
+        Some(start)
+    }
+
+    fn extend_pause(&mut self, now: Nanos, after: Duration) -> Option<Nanos> {
+        let after = after.min(self.cfg.max_pause);
+        if after.is_zero() {
+            return None;
+        }
+        let until = now.saturating_add(after);
+        if self.pause_until.is_some_and(|p| p >= until) {
+            return None;
+        }
+        self.pause_until = Some(until);
+        Some(until)
+    }
+
+    fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(self.cfg.min).min(self.cfg.max);
+    }
+
+    /// A multiplicative decrease by the configured factor.
+    fn cut(&mut self, now: Nanos, deep: bool) {
+        self.cut_by(now, self.cfg.decrease, deep);
+    }
+
+    /// Multiplies the limit by `factor` (< 1); `deep` lets it go down to the
+    /// completed concurrency of the last window.
+    fn cut_by(&mut self, now: Nanos, factor: f64, deep: bool) {
+        // `as` saturates; the product is below `limit`, so this always goes down by one or more.
+        let mut next = (self.limit as f64 * factor) as usize;
+        if deep && self.law.goodput_floor && self.last_rate >= 0.0 {
+            let done = (self.last_rate * self.avg * HEADROOM).ceil() as usize;
+            next = next.min(done);
+        }
+        self.set_limit(next);
+        self.slow_start = false;
+        self.cut_seq = self.next;
+        self.settled_seq = if self.head >= self.cut_seq {
+            self.next
+        } else {
+            u64::MAX
+        };
+        self.reset_window(now);
+    }
+
+    fn reset_window(&mut self, now: Nanos) {
+        self.win_start = now;
+        self.win_end = if self.avg > 0.0 {
+            now.saturating_add(Duration::from_secs_f64(self.avg).max(MIN_WINDOW))
+        } else {
+            Duration::MAX
+        };
+        self.win_sum = 0.0;
+        self.win_n = 0;
+        self.win_done = 0;
+        self.win_peak = self.in_flight;
+        self.win_overload = false;
+        self.win_settled_sum = 0.0;
+        self.win_settled_n = 0;
+    }
+
+    fn end_window(&mut self, now: Nanos) {
+        let law = self.law;
+        let busy = !law.latency_needs_half || self.win_peak * 2 >= self.limit;
+        let reached = self.win_peak >= self.limit;
+        let fresh = self.win_n > 0;
+        let mean = if fresh {
+            self.win_sum / f64::from(self.win_n)
+        } else {
+            0.0
+        };
+        let threshold = self.avg + (DEV_SCALE * self.dev).max(DEV_FLOOR * self.avg);
+        let rtt_high = law.deviation_cut && fresh && mean > threshold;
+        let rtt_low = fresh && mean <= self.avg;
+        if fresh {
+            self.dev += ALPHA * ((mean - self.avg).abs() - self.dev);
+            self.avg += ALPHA * (mean - self.avg);
+            self.base = self.base.min(self.avg);
+        }
+        let elapsed = now.saturating_sub(self.win_start).as_secs_f64();
+        if elapsed > 0.0 {
+            self.last_rate = f64::from(self.win_done) / elapsed;
+        }
+        // The run time level: the smoothed one, unless the jobs started since the
+        // last cut already show better (the average lags behind a cut).
+        let level = self.avg.min(mean);
+        let slow = law.slowdown_cut && fresh && level > SLOWDOWN_FACTOR * self.base;
+        let hung = (law.hang_blocks_growth || law.hang_cuts)
+            && self.ring.front().is_some_and(|s| {
+                now.saturating_sub(s.start).as_secs_f64() > HANG_FACTOR * self.avg
+            });
+        if !slow {
+            self.slow_ref_limit = 0;
+        }
+
+        if self.win_overload {
+            if !law.immediate_overload_cut {
+                self.cut(now, true);
+                return;
+            }
+        } else if busy && slow {
+            let mut factor = self.cfg.decrease;
+            if law.proportional_slowdown {
+                factor = factor.min(SLOWDOWN_FACTOR * self.base / level).max(0.5);
+            }
+            if self.slow_ref_limit == 0 || level > self.slow_ref {
+                self.slow_ref_limit = self.limit;
+                self.slow_ref = level;
+            }
+            if law.baseline_reset
+                && (self.limit <= self.cfg.min
+                    || (self.limit.saturating_mul(2) <= self.slow_ref_limit
+                        && self.win_settled_n > 0
+                        && self.win_settled_sum / f64::from(self.win_settled_n)
+                            >= STALE_GAIN * self.slow_ref))
+            {
+                // Halving the limit did not bring the run time down, for jobs that
+                // started after every job of the old limit had ended: the
+                // slow-down is not ours, the downstream got slower. Learn its new
+                // baseline.
+                self.base = level;
+                self.slow_ref_limit = 0;
+                self.reset_window(now);
+                return;
+            }
+            self.cut_by(now, factor, false);
+            return;
+        } else if busy && rtt_high {
+            self.cut(now, false);
+            return;
+        } else if hung {
+            if law.hang_cuts && self.head >= self.cut_seq {
+                self.cut(now, true);
+                return;
+            }
+        } else if reached && (law.grow_on_any_window || rtt_low) {
+            let next = if self.slow_start {
+                self.limit.saturating_mul(2)
+            } else {
+                self.limit.saturating_add(1)
+            };
+            self.set_limit(next);
+        }
+        self.reset_window(now);
+    }
+}
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

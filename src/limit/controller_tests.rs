@@ -1,0 +1,280 @@
+//! Unit tests of the control law (`controller.rs`).
+
+use super::*;
+use crate::LimitError;
+use crate::limit::adaptive::{Adaptive, AdaptiveError};
+
+fn ms(n: u64) -> Nanos {
+    Duration::from_millis(n)
+}
+
+fn ctl(cfg: Adaptive, workers: usize) -> Controller {
+    Controller::new(cfg.validate(workers).unwrap())
+}
+
+/// Runs `limit` jobs of `rtt` ms in lock step from `t`, all ending with `outcome`.
+fn round(c: &mut Controller, t: &mut u64, rtt: u64, outcome: Outcome) -> bool {
+    let n = c.limit() - c.in_flight();
+    let tickets: Vec<Ticket> = (0..n).map(|_| c.on_start(ms(*t))).collect();
+    *t += rtt;
+    let mut changed = false;
+    for tk in tickets {
+        changed |= c.on_release(tk, ms(*t), outcome).limit_changed;
+    }
+    changed
+}
+
+#[test]
+fn defaults() {
+    let r = Adaptive::aimd().validate(8).unwrap();
+    assert_eq!((r.initial, r.min, r.max), (1, 1, 8));
+    assert_eq!(r.decrease, 0.9);
+    assert_eq!(r.max_pause, Duration::from_secs(60));
+    assert_eq!(Adaptive::default().validate(8), Ok(r));
+}
+
+#[test]
+fn validation_errors() {
+    let a = Adaptive::aimd;
+    let err = |e| Err(LimitError::InvalidAdaptive(e));
+    for d in [f64::NAN, 0.49, 1.0, 1.5, -0.9, f64::INFINITY] {
+        assert_eq!(
+            a().decrease(d).validate(4),
+            err(AdaptiveError::DecreaseOutOfRange)
+        );
+    }
+    assert!(a().decrease(0.5).validate(4).is_ok());
+    assert!(a().decrease(0.999).validate(4).is_ok());
+    assert_eq!(a().min(0).validate(4), err(AdaptiveError::MinZero));
+    assert_eq!(a().max(0).validate(4), err(AdaptiveError::MaxZero));
+    assert_eq!(
+        a().min(5).max(3).validate(8),
+        err(AdaptiveError::MinAboveMax { min: 5, max: 3 })
+    );
+    // max is capped at the workers first.
+    assert_eq!(
+        a().min(5).max(10).validate(4),
+        err(AdaptiveError::MinAboveMax { min: 5, max: 4 })
+    );
+    assert_eq!(
+        a().min(2).initial(1).validate(4),
+        err(AdaptiveError::InitialOutOfRange {
+            initial: 1,
+            min: 2,
+            max: 4
+        })
+    );
+    assert_eq!(
+        a().initial(9).validate(4),
+        err(AdaptiveError::InitialOutOfRange {
+            initial: 9,
+            min: 1,
+            max: 4
+        })
+    );
+    assert_eq!(a().max(100).validate(16).unwrap().max, 16);
+    assert_eq!(a().min(3).validate(16).unwrap().initial, 3);
+    let e: Box<dyn std::error::Error> =
+        Box::new(LimitError::InvalidAdaptive(AdaptiveError::MinZero));
+    assert!(e.to_string().contains("min"));
+    assert!(e.source().is_some());
+    for e in [
+        AdaptiveError::MaxZero,
+        AdaptiveError::MinAboveMax { min: 2, max: 1 },
+        AdaptiveError::InitialOutOfRange {
+            initial: 0,
+            min: 1,
+            max: 1,
+        },
+        AdaptiveError::DecreaseOutOfRange,
+    ] {
+        assert!(!e.to_string().is_empty());
+    }
+    // Applied later with fewer workers, a valid setting is capped, never refused.
+    let r = a().min(5).initial(8).max(10).resolve_capped(3);
+    assert_eq!((r.min, r.initial, r.max), (3, 3, 3));
+}
+
+#[test]
+fn growth_stops_at_max() {
+    let mut c = ctl(Adaptive::aimd().max(6), 64);
+    let mut t = 0;
+    for _ in 0..50 {
+        round(&mut c, &mut t, 100, Outcome::Success);
+        assert!(c.limit() <= 6);
+    }
+    assert_eq!(c.limit(), 6);
+}
+
+#[test]
+fn decrease_stops_at_min() {
+    let mut c = ctl(Adaptive::aimd().min(3).initial(10).decrease(0.5), 64);
+    let mut t = 0;
+    for _ in 0..20 {
+        round(&mut c, &mut t, 100, Outcome::Overload { retry_after: None });
+        assert!(c.limit() >= 3);
+    }
+    assert_eq!(c.limit(), 3);
+}
+
+#[test]
+fn min_equals_max_never_moves() {
+    let mut c = ctl(Adaptive::aimd().min(4).max(4).initial(4), 64);
+    let mut t = 0;
+    for i in 0..40 {
+        let o = if i % 3 == 0 {
+            Outcome::Overload { retry_after: None }
+        } else {
+            Outcome::Success
+        };
+        assert!(!round(&mut c, &mut t, 50 + i, o));
+        assert_eq!(c.limit(), 4);
+    }
+}
+
+#[test]
+fn a_cut_always_goes_down_by_at_least_one() {
+    let mut c = ctl(Adaptive::aimd().initial(2).decrease(0.99), 64);
+    let tk = c.on_start(ms(0));
+    let r = c.on_release(tk, ms(10), Outcome::Overload { retry_after: None });
+    assert!(r.limit_changed);
+    assert_eq!(c.limit(), 1);
+}
+
+#[test]
+fn one_cut_per_burst() {
+    let mut c = ctl(Adaptive::aimd().initial(10), 64);
+    let ts: Vec<Ticket> = (0..10).map(|i| c.on_start(ms(i))).collect();
+    let o = Outcome::Overload { retry_after: None };
+    assert!(c.on_release(ts[0], ms(100), o).limit_changed);
+    assert_eq!(c.limit(), 9);
+    for &tk in &ts[1..] {
+        assert!(!c.on_release(tk, ms(101), o).limit_changed);
+    }
+    assert_eq!(c.limit(), 9);
+    // A job started after the cut starts a new burst.
+    let tk = c.on_start(ms(102));
+    assert!(c.on_release(tk, ms(150), o).limit_changed);
+    assert_eq!(c.limit(), 8);
+}
+
+#[test]
+fn retry_after_pauses_and_extends_to_the_latest() {
+    let mut c = ctl(Adaptive::aimd().initial(4).max_pause(ms(500)), 64);
+    let ts: Vec<Ticket> = (0..4).map(|_| c.on_start(ms(0))).collect();
+    let ra = |d| Outcome::Overload {
+        retry_after: Some(ms(d)),
+    };
+    let r = c.on_release(ts[0], ms(100), ra(200));
+    assert_eq!(r.pause_until, Some(ms(300)));
+    assert!(r.limit_changed);
+    assert!(!c.admits(ms(299)));
+    // Shorter: no extension.
+    let r = c.on_release(ts[1], ms(110), ra(50));
+    assert_eq!(r.pause_until, None);
+    // Later: extends, capped by max_pause; still one decrease.
+    let r = c.on_release(ts[2], ms(120), ra(10_000));
+    assert_eq!(r.pause_until, Some(ms(620)));
+    assert!(!r.limit_changed);
+    assert_eq!(c.paused_until(), Some(ms(620)));
+    assert_eq!(c.limit(), 3);
+    assert!(c.on_release(ts[3], ms(130), ra(0)).pause_until.is_none());
+    assert!(!c.admits(ms(619)));
+    assert!(c.admits(ms(620)));
+}
+
+#[test]
+fn zero_max_pause_never_pauses() {
+    let mut c = ctl(Adaptive::aimd().initial(4).max_pause(Duration::ZERO), 64);
+    let tk = c.on_start(ms(0));
+    let r = c.on_release(
+        tk,
+        ms(10),
+        Outcome::Overload {
+            retry_after: Some(ms(100)),
+        },
+    );
+    assert_eq!(r.pause_until, None);
+    assert!(c.admits(ms(10)));
+}
+
+#[test]
+fn stale_and_foreign_tickets_change_nothing() {
+    let mut c = ctl(Adaptive::aimd().initial(4), 64);
+    let a = c.on_start(ms(0));
+    let b = c.on_start(ms(0));
+    assert_eq!(c.in_flight(), 2);
+    c.on_release(a, ms(100), Outcome::Success);
+    let o = Outcome::Overload { retry_after: None };
+    assert_eq!(c.on_release(a, ms(100), o), Release::default());
+    assert_eq!(c.on_release(Ticket(99), ms(100), o), Release::default());
+    assert_eq!(c.in_flight(), 1);
+    assert_eq!(c.limit(), 4);
+    c.on_release(b, ms(100), Outcome::Success);
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn ring_tracks_the_oldest_running_job() {
+    let mut c = ctl(Adaptive::aimd().initial(8), 64);
+    let ts: Vec<Ticket> = (0..5).map(|i| c.on_start(ms(i * 10))).collect();
+    assert_eq!(c.oldest_start(), Some(ms(0)));
+    c.on_release(ts[2], ms(60), Outcome::Ignore);
+    c.on_release(ts[0], ms(60), Outcome::Ignore);
+    assert_eq!(c.oldest_start(), Some(ms(10)));
+    c.on_release(ts[1], ms(60), Outcome::Ignore);
+    assert_eq!(c.oldest_start(), Some(ms(30)));
+    c.on_release(ts[4], ms(60), Outcome::Ignore);
+    c.on_release(ts[3], ms(60), Outcome::Ignore);
+    assert_eq!(c.oldest_start(), None);
+    assert!(c.ring.is_empty());
+    // Steady state reuses the ring's buffer.
+    let cap = c.ring.capacity();
+    for i in 0..10_000u64 {
+        let tk = c.on_start(ms(100 + i));
+        c.on_release(tk, ms(101 + i), Outcome::Ignore);
+    }
+    assert_eq!(c.ring.capacity(), cap);
+    assert_eq!(c.limit(), 8);
+}
+
+#[test]
+fn ignore_only_never_changes_the_limit() {
+    let mut c = ctl(Adaptive::aimd().initial(5), 64);
+    let mut t = 0;
+    for _ in 0..100 {
+        assert!(!round(&mut c, &mut t, 100, Outcome::Ignore));
+    }
+    assert_eq!(c.limit(), 5);
+}
+
+#[test]
+fn slow_start_then_additive() {
+    let mut c = ctl(Adaptive::aimd().max(64), 64);
+    let mut t = 0;
+    let mut seen = vec![c.limit()];
+    for _ in 0..6 {
+        round(&mut c, &mut t, 100, Outcome::Success);
+        seen.push(c.limit());
+    }
+    assert_eq!(seen, [1, 1, 2, 4, 8, 16, 32]);
+    round(&mut c, &mut t, 100, Outcome::Overload { retry_after: None });
+    let after = c.limit();
+    assert!(after < 32);
+    round(&mut c, &mut t, 100, Outcome::Success);
+    round(&mut c, &mut t, 100, Outcome::Success);
+    assert_eq!(c.limit(), after + 1);
+}
+
+#[test]
+fn zero_run_times_do_not_panic() {
+    let mut c = ctl(Adaptive::aimd(), 4);
+    for _ in 0..1000 {
+        let tk = c.on_start(ms(5));
+        c.on_release(tk, ms(5), Outcome::Success);
+    }
+    // Time going backwards is a caller's bug, but must not panic either.
+    let tk = c.on_start(ms(10));
+    c.on_release(tk, ms(1), Outcome::Success);
+    assert!(c.limit() >= 1 && c.limit() <= 4);
+}
