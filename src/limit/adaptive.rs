@@ -293,7 +293,15 @@ pub(crate) struct AdaptiveLimit {
     config: Adaptive,
     origin: Instant,
     ctl: Controller,
+    /// When the last job it counted ended.
+    last_end: Option<Instant>,
 }
+
+/// How long a key keeps what it learned after its last job, in smoothed run
+/// times; at least [`KEEP_MIN`], at most [`KEEP_MAX`].
+const KEEP_RUN_TIMES: u32 = 10;
+const KEEP_MIN: Duration = Duration::from_secs(1);
+const KEEP_MAX: Duration = Duration::from_secs(60);
 
 impl AdaptiveLimit {
     pub(crate) fn new(config: Adaptive, workers: usize, origin: Instant) -> AdaptiveLimit {
@@ -301,7 +309,20 @@ impl AdaptiveLimit {
             config,
             origin,
             ctl: Controller::new(config.resolve_capped(workers)),
+            last_end: None,
         }
+    }
+
+    /// Until when the learned limit is worth keeping: a key's lane is not
+    /// collected before then, so a key that pauses between bursts does not learn
+    /// again from `initial` each time.
+    pub(crate) fn keeps_until(&self) -> Option<Instant> {
+        let keep = self
+            .ctl
+            .smoothed_run_time()
+            .map_or(KEEP_MIN, |rt| rt.saturating_mul(KEEP_RUN_TIMES))
+            .clamp(KEEP_MIN, KEEP_MAX);
+        self.last_end.map(|t| t + keep)
     }
 
     /// New settings: a different configuration restarts the learning (the
@@ -347,6 +368,7 @@ impl AdaptiveLimit {
         at: Instant,
         outcome: Outcome,
     ) -> Option<Instant> {
+        self.last_end = Some(self.last_end.map_or(at, |t| t.max(at)));
         let now = at.saturating_duration_since(self.origin);
         let r = self.ctl.on_release(ticket, now, outcome);
         r.pause_until.map(|p| self.origin + p)

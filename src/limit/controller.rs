@@ -224,6 +224,11 @@ impl Controller {
         self.limit
     }
 
+    /// The smoothed run time, once a job has succeeded.
+    pub(crate) fn smoothed_run_time(&self) -> Option<Duration> {
+        (self.avg > 0.0).then(|| Duration::from_secs_f64(self.avg))
+    }
+
     /// Jobs started and not yet released.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight

@@ -121,6 +121,12 @@ impl Gate {
     pub(crate) fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
         let pause = self.pause.holds_until(clock);
         let rate = self.rate.as_ref().and_then(|r| r.holds_until(clock));
-        pause.max(rate)
+        // What an adaptive limit learned is kept a while after the last job.
+        let learned = self
+            .adaptive
+            .as_ref()
+            .and_then(|a| a.keeps_until())
+            .filter(|&t| t > clock.now());
+        pause.max(rate).max(learned)
     }
 }

@@ -179,7 +179,9 @@ impl KeyLimits {
     /// Each key learns its own limit on running jobs (see [`Adaptive`]): for
     /// example each host its own capacity. Its `max` defaults to, and is capped
     /// at, the pool's workers; with [`concurrency`](KeyLimits::concurrency) too,
-    /// both apply.
+    /// both apply. A key keeps what it learned for ten smoothed run times (at
+    /// least a second, at most a minute) after its last job; a key idle longer
+    /// has its state removed, like any key's, and learns again from `initial`.
     pub fn adaptive(mut self, adaptive: Adaptive) -> KeyLimits {
         self.adaptive = Some(adaptive);
         self
@@ -212,8 +214,8 @@ impl KeyLimits {
 /// A snapshot of one key's state and counters, from
 /// [`Pool::key_stats`](crate::Pool::key_stats).
 ///
-/// A key's state exists while it has jobs queued or running, is paused, or owes
-/// time to its rate; after that it is removed (so memory stays bounded however many
+/// A key's state exists while it has jobs queued or running, is paused, owes
+/// time to its rate, or keeps what its adaptive limit learned; after that it is removed (so memory stays bounded however many
 /// keys pass through), and its counters go with it. The counters therefore cover
 /// the jobs since the key's state was last created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

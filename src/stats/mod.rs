@@ -58,8 +58,9 @@ pub struct Stats {
     pub busy: usize,
     /// Jobs accepted and waiting in the queue.
     pub queued: usize,
-    /// Keys with state: jobs queued or running, a pause, or a rate debt. Keys
-    /// without state are removed, so this does not grow with the keys seen.
+    /// Keys with state: jobs queued or running, a pause, a rate debt, or a
+    /// recently learned [adaptive](crate::KeyLimits::adaptive) limit. Keys without
+    /// state are removed, so this does not grow with the keys seen.
     pub keys: usize,
     /// Jobs accepted (refused submissions are not counted).
     pub submitted: u64,
