@@ -143,3 +143,54 @@ async fn dropping_the_response_future_cancels_the_call() {
     assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!(pool.stats().cancelled, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_classifier_tells_the_adaptive_limit_about_overloads() {
+    use taskgate::{Adaptive, Outcome, Pool};
+    use tower::{Service, ServiceExt};
+    let pool = Pool::builder()
+        .workers(16)
+        .adaptive(Adaptive::aimd().initial(8).min(1))
+        .build()
+        .unwrap();
+    let classified = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = classified.clone();
+    let layer = PoolLayer::new(pool.clone()).classify(move |r: &Result<u16, Infallible>| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match r {
+            Ok(429) => Outcome::Overload { retry_after: None },
+            _ => Outcome::Success,
+        }
+    });
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|status: u16| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<u16, Infallible>(status)
+        });
+    assert_eq!(pool.stats().limit, 8);
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let mut svc = svc.clone();
+        calls.push(tokio::spawn(async move {
+            svc.ready().await.unwrap().call(429).await.unwrap()
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 429);
+    }
+    assert_eq!(classified.load(std::sync::atomic::Ordering::SeqCst), 8);
+    // One burst of overloads: one decrease, by the default factor (8 × 0.9 → 7).
+    assert_eq!(pool.stats().limit, 7);
+    // Without a classifier, a 429 is a plain success to the limit.
+    let plain = Pool::builder()
+        .workers(16)
+        .adaptive(Adaptive::aimd().initial(8))
+        .build()
+        .unwrap();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(PoolLayer::new(plain.clone()))
+        .service_fn(|status: u16| async move { Ok::<u16, Infallible>(status) });
+    assert_eq!(svc.ready().await.unwrap().call(429).await.unwrap(), 429);
+    assert_eq!(plain.stats().limit, 8);
+}

@@ -24,15 +24,18 @@
 //! # }
 //! ```
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::JobError;
+use crate::limit::Outcome;
 use crate::pool::Pool;
 
 /// A [`Layer`] that wraps a service in a [`PoolService`], so its calls run on `pool`.
@@ -56,15 +59,58 @@ use crate::pool::Pool;
 /// assert_eq!(lower_len.oneshot("hi".to_string()).await.unwrap(), 2);
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PoolLayer {
     pool: Pool,
+    classify: Option<Classify>,
 }
 
 impl PoolLayer {
     /// A layer that runs calls on `pool`.
     pub fn new(pool: Pool) -> Self {
-        PoolLayer { pool }
+        PoolLayer {
+            pool,
+            classify: None,
+        }
+    }
+
+    /// Tells the pool's [adaptive](crate::Builder::adaptive) limit what each
+    /// call's result says about the downstream (see
+    /// [`JobBuilder::classify`](crate::JobBuilder::classify)): for example a
+    /// `429` response or a timeout error is an [`Outcome::Overload`]. `f` sees the
+    /// inner service's `Result`; calls whose result is of another type than `f`
+    /// takes report [`Outcome::Ignore`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use taskgate::tower::PoolLayer;
+    /// use taskgate::{Adaptive, Outcome, Pool};
+    ///
+    /// let pool = Pool::builder().workers(16).adaptive(Adaptive::aimd()).build().unwrap();
+    /// let layer = PoolLayer::new(pool).classify(|r: &Result<u16, std::io::Error>| match r {
+    ///     Ok(429) | Ok(503) => Outcome::Overload { retry_after: None },
+    ///     Ok(_) => Outcome::Success,
+    ///     Err(_) => Outcome::Ignore,
+    /// });
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(layer)
+    ///     .service_fn(|_: ()| async { Ok::<u16, std::io::Error>(200) });
+    /// assert_eq!(svc.ready().await.unwrap().call(()).await.unwrap(), 200);
+    /// # }
+    /// ```
+    pub fn classify<R, E, F>(mut self, f: F) -> Self
+    where
+        R: 'static,
+        E: 'static,
+        F: Fn(&Result<R, E>) -> Outcome + Send + Sync + 'static,
+    {
+        self.classify = Some(Arc::new(move |out: &dyn Any| {
+            out.downcast_ref::<Result<R, E>>()
+                .map_or(Outcome::Ignore, &f)
+        }));
+        self
     }
 }
 
@@ -75,6 +121,7 @@ impl<S> Layer<S> for PoolLayer {
         PoolService {
             inner,
             pool: self.pool.clone(),
+            classify: self.classify.clone(),
         }
     }
 }
@@ -89,10 +136,11 @@ impl<S> Layer<S> for PoolLayer {
 /// times out fails with [`ServiceError::Job`]. Dropping a call's
 /// [`ResponseFuture`] cancels that call; dropping the service itself cancels
 /// nothing, since each response future owns its own job.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PoolService<S> {
     inner: S,
     pool: Pool,
+    classify: Option<Classify>,
 }
 
 impl<S, Req> Service<Req> for PoolService<S>
@@ -115,13 +163,19 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let mut svc = self.inner.clone();
         let pool = self.pool.clone();
+        let classify = self.classify.clone();
         ResponseFuture {
             inner: Box::pin(async move {
                 let job = async move {
                     std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
                     svc.call(req).await
                 };
-                match pool.run(job).await {
+                let job = pool.job(job);
+                let job = match classify {
+                    Some(c) => job.classify(move |out| c(out)),
+                    None => job,
+                };
+                match job.run().await {
                     Ok(Ok(resp)) => Ok(resp),
                     Ok(Err(e)) => Err(ServiceError::Inner(e)),
                     Err(e) => Err(ServiceError::Job(e)),
@@ -195,5 +249,27 @@ impl<E: std::error::Error + 'static> std::error::Error for ServiceError<E> {
             ServiceError::Inner(e) => Some(e),
             ServiceError::Job(e) => Some(e),
         }
+    }
+}
+
+/// A layer's classifier, shared by its services' calls.
+type Classify = Arc<dyn Fn(&dyn Any) -> Outcome + Send + Sync>;
+
+impl fmt::Debug for PoolLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolLayer")
+            .field("pool", &self.pool)
+            .field("classified", &self.classify.is_some())
+            .finish()
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for PoolService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolService")
+            .field("inner", &self.inner)
+            .field("pool", &self.pool)
+            .field("classified", &self.classify.is_some())
+            .finish()
     }
 }
