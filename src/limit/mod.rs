@@ -8,25 +8,28 @@
 //! (`release`). So a job counts once against every limit, and a job that never
 //! starts counts against none.
 //!
-//! The limiters: [`ConcurrencyLimit`] (`concurrency.rs`), [`Pause`] (`pause.rs`)
-//! and the GCRA rate, [`Gcra`] (`rate.rs`, with the public [`Rate`]). The public
+//! The limiters: [`ConcurrencyLimit`] (`concurrency.rs`), [`Pause`] (`pause.rs`),
+//! the GCRA rate, [`Gcra`] (`rate.rs`, with the public [`Rate`]), and the
+//! adaptive limit, [`AdaptiveLimit`] (`adaptive.rs`, with the public [`Adaptive`]
+//! and [`Outcome`]; its law in `controller.rs`). The public
 //! per-key settings, [`Key`], [`KeyLimits`] and [`KeyStats`], are in `key.rs`.
 //!
 //! # Adding a limiter
 //!
-//! A new kind of limit (an adaptive concurrency limit that learns from latency and
-//! outcomes, or a rate shared through Redis) is a new file here with a type that
-//! implements [`Limiter`], and one more field in [`Gate`] (`gate.rs`), checked in
-//! `Gate::check` and taken in `Gate::acquire`: no change to the scheduler's `pick`.
-//! Rules: `check` must not block (it runs under the pool lock: a limit shared
-//! through Redis answers from a locally leased batch and says [`Admit::At`] when
-//! the batch is spent), and takes nothing; `acquire` takes. A limiter that answers
-//! [`Admit::OnRelease`] also needs its "below the limit again" test where the
-//! scheduler unblocks a lane when a job ends (`Sched::finish`, `sched/lanes.rs`),
-//! which today looks at the concurrency cap only; a limiter that learns from run
-//! time needs the run time passed to `release` (today only the outcome is). The
-//! public setting goes into [`KeyLimits`] (per key) or the `Builder` (the pool),
-//! and from there into `Gate::new`.
+//! A new kind of limit (a rate shared through Redis, say) is a new file here with
+//! a type that implements [`Limiter`], and one more field in [`Gate`]
+//! (`gate.rs`), checked in `Gate::check` and taken in `Gate::acquire`: no change
+//! to the scheduler's `pick`. Rules: `check` must not block (it runs under the
+//! pool lock: a limit shared through Redis answers from a locally leased batch and
+//! says [`Admit::At`] when the batch is spent), and takes nothing; `acquire` takes.
+//! What the adaptive limit (`adaptive.rs`, `controller.rs`) added, a new limiter
+//! can use: `Gate::acquire` may hand out a ticket the worker keeps until the job
+//! ends; `Gate::release` gets the job's end time and [`Outcome`] ([`Done`]) and may
+//! pause the gate; and a limiter that answers [`Admit::OnRelease`] adds its "below
+//! the limit again" test to `Gate::has_room`, which the scheduler asks when a job
+//! ends (`Sched::finish`, `sched/lanes.rs`). The public setting goes into
+//! [`KeyLimits`] (per key) or the `Builder` (the pool), and from there into
+//! `Gate::new`.
 
 mod adaptive;
 mod concurrency;
