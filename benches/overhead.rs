@@ -270,6 +270,17 @@ async fn keyed_hot_limits(load: Load) -> usize {
     submit_keyed(pool, load, move |_| hot.clone()).await
 }
 
+/// (g) The pool's limit adaptive, pinned at `K` (`min` = `initial` = `max`), so it
+/// never binds but does all its per-job work (issue 14: at most 10 % over (a)).
+async fn pool_adaptive(load: Load) -> usize {
+    let pool = taskgate::Pool::builder()
+        .workers(K)
+        .adaptive(taskgate::Adaptive::aimd().initial(K).min(K))
+        .build()
+        .unwrap();
+    submit_and_await(pool, load).await
+}
+
 /// (f) Every limit at once, none binding: key `i % KEYS` with a key concurrency
 /// cap and a key rate, and a pool rate.
 async fn keyed_many_all_limits(load: Load) -> usize {
@@ -316,6 +327,7 @@ fn keyed_approaches() -> Vec<(&'static str, Approach)> {
         ("f_1024_keys_all_limits", |l| {
             Box::pin(keyed_many_all_limits(l))
         }),
+        ("g_pool_adaptive", |l| Box::pin(pool_adaptive(l))),
         ("hand_rolled_floor", |l| Box::pin(hand_rolled(l))),
     ]
 }

@@ -47,10 +47,19 @@ impl Gate {
     }
 
     /// Whether a start counts against anything here (a cap, a rate, an adaptive
-    /// limit), so that a job must be claimed before it is counted.
+    /// limit): `acquire` and `release` must be called for it.
     #[inline]
     pub(crate) fn counts(&self) -> bool {
-        self.concurrency.cap != usize::MAX || self.rate.is_some() || self.adaptive.is_some()
+        self.claims() || self.adaptive.is_some()
+    }
+
+    /// Whether a job must be claimed under the lock before it is counted here, so
+    /// that a job cancelled just before it was taken takes no place under a cap
+    /// and no token of a rate. An adaptive limit needs no claim: such a job is
+    /// released at once, reporting nothing to learn from.
+    #[inline]
+    pub(crate) fn claims(&self) -> bool {
+        self.concurrency.cap != usize::MAX || self.rate.is_some()
     }
 
     /// Whether a job may start now, without taking anything.

@@ -377,6 +377,12 @@ impl Inner {
         let mut st = self.lock();
         let mut clock = Clock::default();
         if let Some(h) = held.take() {
+            // The worker read the clock when the job ended, just before this: that
+            // is "now" for this decision too (and the next job's start, as the
+            // worker would take it), which saves a read when a limit needs one.
+            if let Some((at, _)) = done.report {
+                clock = Clock::at(at);
+            }
             st.busy -= 1;
             st.sched
                 .finish(h.lane, h.counted, done, h.tickets, &mut clock);

@@ -499,7 +499,7 @@ impl Sched {
                 // The claim reads and writes the job's result cell, last touched by
                 // its submitter on another core: done under the lock only when a
                 // limit counts this start and so must not count a cancelled job.
-                q.claim = (lane.gate.counts() || self.pool.counts()).then(|| q.job.claim());
+                q.claim = (lane.gate.claims() || self.pool.claims()).then(|| q.job.claim());
                 // Unkeyed jobs have no limits of their own, and the pool's gate counts
                 // only with a rate: nothing to count for them.
                 if q.counted() {
