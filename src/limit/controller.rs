@@ -124,6 +124,9 @@ const SLOWDOWN_FACTOR: f64 = 1.3;
 const STALE_GAIN: f64 = 0.9;
 /// Headroom over the completed concurrency when an overload cuts deep.
 const HEADROOM: f64 = 1.25;
+/// The longest hold on growth after cuts that came with a `retry_after`, in
+/// windows.
+const MAX_HOLD: u32 = 64;
 /// The shortest window.
 const MIN_WINDOW: Duration = Duration::from_millis(1);
 
@@ -151,7 +154,16 @@ pub(crate) struct Controller {
     /// ended (`u64::MAX` until then).
     settled_seq: u64,
     slow_start: bool,
+    /// Windows left in which the limit does not grow: after a cut that came with
+    /// a `retry_after`, a probe above the limit costs a pause, so probing backs
+    /// off. Each such cut doubles `backoff` (up to `MAX_HOLD`) and holds growth
+    /// for that many windows; twice as many clean windows halve it again.
+    hold: u32,
+    backoff: u32,
+    clean: u32,
     pause_until: Option<Nanos>,
+    /// When the current pause began (it may have been extended since).
+    pause_from: Nanos,
     // Estimates, in seconds. `avg == 0` until the first success.
     avg: f64,
     dev: f64,
@@ -189,7 +201,11 @@ impl Controller {
             cut_seq: 0,
             settled_seq: 0,
             slow_start: law.slow_start,
+            hold: 0,
+            backoff: 0,
+            clean: 0,
             pause_until: None,
+            pause_from: Duration::ZERO,
             avg: 0.0,
             dev: 0.0,
             base: 0.0,
@@ -301,6 +317,12 @@ impl Controller {
                 }
                 if self.law.immediate_overload_cut && ticket.0 >= self.cut_seq {
                     self.cut(now, true);
+                    if retry_after.is_some() {
+                        // Each probe that ends in a pause makes the next one wait
+                        // twice as long.
+                        self.backoff = (self.backoff * 2).clamp(1, MAX_HOLD);
+                        self.hold = self.backoff;
+                    }
                 }
             }
         }
@@ -340,6 +362,9 @@ impl Controller {
         let until = now.saturating_add(after);
         if self.pause_until.is_some_and(|p| p >= until) {
             return None;
+        }
+        if self.pause_until.is_none_or(|p| p < now) {
+            self.pause_from = now;
         }
         self.pause_until = Some(until);
         Some(until)
@@ -408,8 +433,20 @@ impl Controller {
             self.avg += ALPHA * (mean - self.avg);
             self.base = self.base.min(self.avg);
         }
-        let elapsed = now.saturating_sub(self.win_start).as_secs_f64();
-        if elapsed > 0.0 {
+        // The completion rate counts only the time starts were allowed: a window
+        // spent mostly paused by a `retry_after` completed little because nothing
+        // started, not because the downstream is slow (taken as its capacity, it
+        // cut the limit to 1 or 2 after every pause).
+        let paused = self.pause_until.map_or(Duration::ZERO, |until| {
+            until
+                .min(now)
+                .saturating_sub(self.pause_from.max(self.win_start))
+        });
+        let elapsed = now
+            .saturating_sub(self.win_start)
+            .saturating_sub(paused)
+            .as_secs_f64();
+        if elapsed > 0.0 && paused < now.saturating_sub(self.win_start) / 2 {
             self.last_rate = f64::from(self.win_done) / elapsed;
         }
         // The run time level: the smoothed one, unless the jobs started since the
@@ -465,12 +502,25 @@ impl Controller {
                 return;
             }
         } else if reached && (law.grow_on_any_window || rtt_low) {
-            let next = if self.slow_start {
-                self.limit.saturating_mul(2)
+            if self.hold > 0 {
+                self.hold -= 1;
             } else {
-                self.limit.saturating_add(1)
-            };
-            self.set_limit(next);
+                let next = if self.slow_start {
+                    self.limit.saturating_mul(2)
+                } else {
+                    self.limit.saturating_add(1)
+                };
+                self.set_limit(next);
+            }
+        }
+        if self.win_overload {
+            self.clean = 0;
+        } else if self.backoff > 0 {
+            self.clean += 1;
+            if self.clean >= 2 * self.backoff {
+                self.backoff /= 2;
+                self.clean = 0;
+            }
         }
         self.reset_window(now);
     }

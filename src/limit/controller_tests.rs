@@ -278,3 +278,88 @@ fn zero_run_times_do_not_panic() {
     c.on_release(tk, ms(1), Outcome::Success);
     assert!(c.limit() >= 1 && c.limit() <= 4);
 }
+
+/// Success rounds until the limit grows (at most 20).
+fn rounds_to_grow(c: &mut Controller, t: &mut u64) -> usize {
+    let from = c.limit();
+    (1..=20)
+        .find(|_| {
+            round(c, t, 100, Outcome::Success);
+            c.limit() > from
+        })
+        .unwrap_or(99)
+}
+
+#[test]
+fn cuts_with_retry_after_hold_growth_and_back_off() {
+    let ra = Outcome::Overload {
+        retry_after: Some(ms(10)),
+    };
+    let plain = Outcome::Overload { retry_after: None };
+    let fresh = || {
+        let mut c = ctl(Adaptive::aimd().initial(16).max(64), 64);
+        let mut t = 0;
+        // Leave slow start and learn a run time.
+        round(&mut c, &mut t, 100, plain);
+        for _ in 0..4 {
+            round(&mut c, &mut t, 100, Outcome::Success);
+        }
+        (c, t)
+    };
+    // A cut without a retry_after: growth resumes after the window of its burst.
+    let (mut c, mut t) = fresh();
+    round(&mut c, &mut t, 100, plain);
+    let n0 = rounds_to_grow(&mut c, &mut t);
+    // With one: held one window more.
+    let (mut c, mut t) = fresh();
+    round(&mut c, &mut t, 100, ra);
+    let n1 = rounds_to_grow(&mut c, &mut t);
+    assert_eq!(n1, n0 + 1, "{n0} {n1}");
+    // A second one before the back-off decayed: held twice as long.
+    let (mut c, mut t) = fresh();
+    round(&mut c, &mut t, 100, ra);
+    round(&mut c, &mut t, 100, Outcome::Success);
+    round(&mut c, &mut t, 100, ra);
+    let n2 = rounds_to_grow(&mut c, &mut t);
+    assert_eq!(n2, n0 + 2, "{n0} {n2}");
+}
+
+#[test]
+fn a_window_spent_paused_is_not_taken_for_the_downstreams_capacity() {
+    let mut c = ctl(Adaptive::aimd().initial(20).max(64), 64);
+    let mut t = 0;
+    round(&mut c, &mut t, 100, Outcome::Overload { retry_after: None });
+    for _ in 0..5 {
+        round(&mut c, &mut t, 100, Outcome::Success);
+    }
+    let before = c.limit();
+    // A retry_after pauses for a second; one job runs through it, so windows end
+    // having completed almost nothing.
+    let tk = c.on_start(ms(t));
+    let ra = Outcome::Overload {
+        retry_after: Some(ms(1_000)),
+    };
+    c.on_release(tk, ms(t + 10), ra);
+    let lone = c.on_start(ms(t + 20));
+    c.on_release(lone, ms(t + 70), Outcome::Success);
+    t += 1_010;
+    // The first job after the pause ends the window that spent it paused.
+    let first = c.on_start(ms(t));
+    t += 100;
+    c.on_release(first, ms(t), Outcome::Success);
+    // The next overload cuts by the factor, not down to what the paused windows
+    // completed (one job in a second: a limit of 1).
+    round(&mut c, &mut t, 100, Outcome::Overload { retry_after: None });
+    let after_first = c.limit();
+    round(&mut c, &mut t, 100, Outcome::Overload { retry_after: None });
+    // Two cuts by 0.9 (the retry_after's and this burst's), at most.
+    assert!(
+        after_first + 1 >= before * 81 / 100,
+        "{before} -> {after_first}"
+    );
+    assert!(
+        c.limit() + 1 >= after_first * 9 / 10,
+        "{before} -> {after_first} -> {}",
+        c.limit()
+    );
+}

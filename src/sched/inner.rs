@@ -363,9 +363,12 @@ impl Inner {
         }
     }
 
-    /// Called by a worker to finish its previous job (`held`, which ended with
-    /// `outcome`) and take the next one. `Ready(None)` tells the worker to exit; it
-    /// has been unregistered.
+    /// Called by a worker to finish its previous job (`held`, which ended as
+    /// `done` says) and take the next one. `Ready(None)` tells the worker to exit;
+    /// it has been unregistered. `read_at` comes in as the time the previous job
+    /// ended, if the worker has run nothing since (the clock for this decision),
+    /// and goes out as the time the scheduler read, if it read one (the next job's
+    /// start).
     pub(crate) fn next_job(
         self: &Arc<Self>,
         idx: usize,
@@ -377,10 +380,11 @@ impl Inner {
         let mut st = self.lock();
         let mut clock = Clock::default();
         if let Some(h) = held.take() {
-            // The worker read the clock when the job ended, just before this: that
-            // is "now" for this decision too (and the next job's start, as the
-            // worker would take it), which saves a read when a limit needs one.
-            if let Some((at, _)) = done.report {
+            // The worker read the clock when the job ended, just before this (and
+            // has run nothing since): that is "now" for this decision too, and the
+            // next job's start, as the worker would take it. It saves a read when a
+            // limit needs one.
+            if let Some(at) = *read_at {
                 clock = Clock::at(at);
             }
             st.busy -= 1;

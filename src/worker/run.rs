@@ -80,6 +80,9 @@ impl Worker {
     pub(crate) fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Started>> {
         loop {
             let inner = &self.guard.inner;
+            // In: when the previous job ended, if nothing ran on this task since
+            // (a usable "now" for the scheduler); out: the scheduler's reading.
+            self.read_at = self.last_end;
             let p = inner.next_job(
                 self.guard.idx,
                 &mut self.guard.held,
