@@ -305,12 +305,29 @@ const KEEP_MAX: Duration = Duration::from_secs(60);
 
 impl AdaptiveLimit {
     pub(crate) fn new(config: Adaptive, workers: usize, origin: Instant) -> AdaptiveLimit {
+        AdaptiveLimit::starting_at(config, workers, origin, 0)
+    }
+
+    /// As `new`, with tickets numbered from `first`: a key's limit set again after
+    /// it was removed must not take the tickets of jobs that started under the
+    /// old one for its own.
+    pub(crate) fn starting_at(
+        config: Adaptive,
+        workers: usize,
+        origin: Instant,
+        first: u64,
+    ) -> AdaptiveLimit {
         AdaptiveLimit {
             config,
             origin,
-            ctl: Controller::new(config.resolve_capped(workers)),
+            ctl: Controller::starting_at(config.resolve_capped(workers), first),
             last_end: None,
         }
+    }
+
+    /// The number the next ticket will have.
+    pub(crate) fn next_ticket(&self) -> u64 {
+        self.ctl.next_ticket()
     }
 
     /// Until when the learned limit is worth keeping: a key's lane is not

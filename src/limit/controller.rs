@@ -227,12 +227,23 @@ impl Controller {
     /// Starts over with `cfg`, as a new controller whose tickets come after every
     /// ticket given so far: those still out are ignored when they come back.
     pub(crate) fn restart(&mut self, cfg: Resolved) {
-        let next = self.next;
-        *self = Controller::new(cfg);
-        self.head = next;
-        self.next = next;
-        self.cut_seq = next;
-        self.settled_seq = next;
+        *self = Controller::starting_at(cfg, self.next);
+    }
+
+    /// A new controller whose first ticket is `first`: tickets below it (given by
+    /// a controller this one replaces) are ignored when they come back.
+    pub(crate) fn starting_at(cfg: Resolved, first: u64) -> Self {
+        let mut c = Controller::new(cfg);
+        c.head = first;
+        c.next = first;
+        c.cut_seq = first;
+        c.settled_seq = first;
+        c
+    }
+
+    /// The number the next ticket will have.
+    pub(crate) fn next_ticket(&self) -> u64 {
+        self.next
     }
 
     /// The current limit on jobs in flight.

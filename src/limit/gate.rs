@@ -29,6 +29,20 @@ pub(crate) struct Done {
     pub(crate) report: Option<(Instant, Outcome)>,
 }
 
+impl Done {
+    /// The same, with any `retry_after` dropped from the outcome.
+    pub(crate) fn without_retry_after(&self) -> Done {
+        let report = self.report.map(|(at, outcome)| match outcome {
+            Outcome::Overload { .. } => (at, Outcome::Overload { retry_after: None }),
+            other => (at, other),
+        });
+        Done {
+            ending: self.ending,
+            report,
+        }
+    }
+}
+
 impl Gate {
     pub(crate) fn new(
         concurrency: Option<usize>,

@@ -119,6 +119,9 @@ pub(super) struct Lane {
     pub(super) wake_at: Option<Instant>,
     pub(super) key: Option<Key>,
     pub(super) counts: KeyCounts,
+    /// Where a new adaptive limit numbers its tickets from: past the tickets of
+    /// one that was removed (see `apply`).
+    pub(super) tickets_from: u64,
 }
 
 impl Lane {
@@ -142,6 +145,7 @@ impl Lane {
             capacity: limits.queue_capacity,
             wake_at: None,
             counts: KeyCounts::default(),
+            tickets_from: 0,
         }
     }
 
@@ -168,9 +172,18 @@ impl Lane {
         match (&mut self.gate.adaptive, limits.adaptive) {
             (Some(a), Some(config)) => a.reconfigure(config, workers),
             (a @ None, Some(config)) => {
-                *a = Some(Box::new(AdaptiveLimit::new(config, workers, origin)));
+                // Numbered after any earlier limit's tickets, which jobs still
+                // running may hold.
+                let first = self.tickets_from;
+                *a = Some(Box::new(AdaptiveLimit::starting_at(
+                    config, workers, origin, first,
+                )));
             }
-            (a, None) => *a = None,
+            (a @ Some(_), None) => {
+                self.tickets_from = a.as_ref().map_or(0, |a| a.next_ticket());
+                *a = None;
+            }
+            (None, None) => {}
         }
         self.capacity = limits.queue_capacity;
         self.gate.rate = match (self.gate.rate, limits.rate) {
@@ -539,7 +552,13 @@ impl Sched {
         clock: &mut Clock,
     ) {
         if counted && self.pool.counts() {
-            self.pool.release(done, tickets.pool);
+            if li == UNKEYED {
+                self.pool.release(done, tickets.pool);
+            } else {
+                // A keyed job's `retry_after` pauses its key, not the pool: the
+                // pool's limit hears the overload without it.
+                self.pool.release(&done.without_retry_after(), tickets.pool);
+            }
         }
         if li == UNKEYED {
             // Counted nothing in `pick`; never collected.
