@@ -71,10 +71,6 @@ pub(crate) trait Job: Send {
     /// Whether the job's outcome is decided and counted.
     fn is_settled(&self) -> bool;
 
-    /// Whether the job is a blocking closure, run with [`Job::run_inline`] on a
-    /// blocking thread instead of polled.
-    fn runs_inline(&self) -> bool;
-
     /// For a job that runs inline, its cell, through which the pool's abort
     /// resolves the handle while the closure runs.
     fn inline_cell(&self) -> Option<Arc<dyn Resolve>>;
@@ -261,10 +257,6 @@ impl<W: Work> Job for Task<W, W::Output> {
 
     fn is_settled(&self) -> bool {
         self.work.is_none()
-    }
-
-    fn runs_inline(&self) -> bool {
-        W::INLINE
     }
 
     fn inline_cell(&self) -> Option<Arc<dyn Resolve>> {

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 
 use crate::error::LimitError;
 use crate::error::{JobError, SubmitError, TrySubmitError};
-use crate::job::BlockingWork;
 use crate::job::JobHandle;
+use crate::job::{AsyncWork, BlockingWork};
 use crate::limit::{Key, KeyLimits, KeyStats};
 use crate::sched::Inner;
 use crate::sched::Priority;
@@ -120,7 +120,10 @@ impl Pool {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.job(fut).submit().await
+        // Straight to the submit path: no builder, no classifier branch.
+        self.submit_work(AsyncWork::new(fut), self.default_opts(), None)
+            .await
+            .map_err(|e| e.map(AsyncWork::into_inner))
     }
 
     /// Like [`submit`](Pool::submit), but waits at most `wait` for queue space.
@@ -143,7 +146,9 @@ impl Pool {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.job(fut).submit_timeout(wait).await
+        self.submit_work(AsyncWork::new(fut), self.default_opts(), Some(wait))
+            .await
+            .map_err(|e| e.map(AsyncWork::into_inner))
     }
 
     /// Submits a job if there is queue space now; never waits.
@@ -158,7 +163,8 @@ impl Pool {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.job(fut).try_submit()
+        self.try_submit_work(AsyncWork::new(fut), self.default_opts(), true)
+            .map_err(|e| e.map(AsyncWork::into_inner))
     }
 
     /// Submits a job and waits for its result, in one call.
@@ -177,7 +183,10 @@ impl Pool {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.job(fut).run().await
+        match self.submit(fut).await {
+            Ok(handle) => handle.await,
+            Err(_) => Err(JobError::Closed),
+        }
     }
 
     /// Submits a job to run detached, fire-and-forget: the bounded replacement for
@@ -199,7 +208,9 @@ impl Pool {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.job(fut).spawn().await
+        self.spawn_work(AsyncWork::new(fut), self.default_opts())
+            .await
+            .map_err(|e| e.map(AsyncWork::into_inner))
     }
 
     /// Runs a blocking or CPU-bound closure on Tokio's blocking threads while it

@@ -308,6 +308,7 @@ impl Inner {
                 lane,
                 prio,
                 claim: None,
+                inline: W::INLINE,
             },
             now,
         );
@@ -433,7 +434,9 @@ impl Inner {
     ) -> Poll<Option<Queued>> {
         let slot = st.slots[idx].as_mut().expect("worker slot exists");
         slot.running = None;
-        slot.inline = None;
+        if slot.inline.is_some() {
+            slot.inline = None;
+        }
         match &slot.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => slot.waker = Some(cx.waker().clone()),
@@ -469,7 +472,9 @@ impl Inner {
             }
             if let Some(slot) = st.slots[idx].as_mut() {
                 slot.running = Some(q.id);
-                slot.inline = q.job.inline_cell();
+                if q.inline {
+                    slot.inline = q.job.inline_cell();
+                }
             }
             return Poll::Ready(Some(q));
         }

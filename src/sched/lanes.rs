@@ -60,6 +60,9 @@ pub(crate) struct Queued {
     /// claimed yet because no limit that applies counts starts (the worker claims
     /// it, outside the lock, before running it).
     pub(crate) claim: Option<bool>,
+    /// A blocking closure, which its worker runs on a blocking thread (known at
+    /// push, so that no job pays a virtual call to ask).
+    pub(crate) inline: bool,
 }
 
 impl Queued {

@@ -68,6 +68,8 @@ pub(crate) struct Started {
     pub(crate) job: Pin<Box<dyn Job>>,
     pub(crate) span: Span,
     pub(crate) started: Instant,
+    /// A blocking closure: run it on a blocking thread.
+    pub(crate) inline: bool,
 }
 
 impl Worker {
@@ -121,7 +123,12 @@ impl Worker {
             };
             self.counters()
                 .queue_wait(started.saturating_duration_since(job.submitted()));
-            return Poll::Ready(Some(Started { job, span, started }));
+            return Poll::Ready(Some(Started {
+                job,
+                span,
+                started,
+                inline: queued.inline,
+            }));
         }
     }
 
@@ -134,7 +141,9 @@ impl Worker {
 
     /// Runs a blocking job to its end on the current thread (see `thread.rs`).
     pub(crate) fn run_inline(&mut self, s: Started) -> (Instant, Ending) {
-        let Started { job, span, started } = s;
+        let Started {
+            job, span, started, ..
+        } = s;
         let job = self.guard.job.insert(job);
         // Field by field: the job is borrowed from the guard mutably.
         let ctx = RunCtx {
@@ -209,13 +218,15 @@ async fn run(mut w: Worker, mut first: Option<Started>) {
                 None => return,
             },
         };
-        if s.job.runs_inline() {
+        if s.inline {
             // A blocking closure: the worker moves to a blocking thread and runs
             // it there, with the blocking jobs that follow it.
             crate::worker::thread::hand_over(w, s);
             return;
         }
-        let Started { job, span, started } = s;
+        let Started {
+            job, span, started, ..
+        } = s;
         let job = w.guard.job.insert(job);
         let (ended, how, signal) = {
             // Field by field: the job is borrowed from the guard mutably.

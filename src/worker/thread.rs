@@ -74,7 +74,7 @@ fn run(mut w: Worker, mut s: Started) {
         match next {
             // The worker exits (the pool shrank or closed).
             Some(None) => return,
-            Some(Some(n)) if n.job.runs_inline() => s = n,
+            Some(Some(n)) if n.inline => s = n,
             // An async job: back to a task with it.
             Some(Some(n)) => return worker::resume(w, Some(n)),
             // Nothing came: wait for the next job on a task, which costs no
