@@ -759,14 +759,7 @@ async fn start_stepped_server(state: Arc<Stepped>) -> std::net::SocketAddr {
     let app = axum::Router::new()
         .route("/api", axum::routing::get(stepped_api))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("server");
-    });
-    addr
+    support::serve_loopback(app).await
 }
 
 /// `ms` as decimal seconds, the way the stepped server writes `Retry-After`.

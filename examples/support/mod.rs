@@ -129,6 +129,11 @@ pub async fn start_limited_server(
             rate,
             stats: stats.clone(),
         }));
+    (serve_loopback(app).await, stats)
+}
+
+/// Serves `app` on a free loopback port, on a task of the current runtime.
+pub async fn serve_loopback(app: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
@@ -136,7 +141,7 @@ pub async fn start_limited_server(
     tokio::spawn(async move {
         axum::serve(listener, app).await.expect("server");
     });
-    (addr, stats)
+    addr
 }
 
 /// The `q`-quantile of sorted values (nearest rank).

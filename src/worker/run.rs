@@ -146,15 +146,7 @@ impl Worker {
         } = s;
         let job = self.guard.job.insert(job);
         // Field by field: the job is borrowed from the guard mutably.
-        let ctx = RunCtx {
-            counters: Counters {
-                shard: &self.shard,
-                telemetry: &self.guard.inner.telemetry,
-            },
-            span: &span,
-            aborted: &self.guard.inner.aborted,
-            started,
-        };
+        let ctx = run_ctx(&self.shard, &self.guard.inner, &span, started);
         job.as_mut().run_inline(&ctx)
     }
 
@@ -168,6 +160,21 @@ impl Worker {
         // The result cell may hold an output whose handle is gone: its drop (and the
         // future's, already done) must not take the worker down.
         drop_quietly(self.guard.job.take());
+    }
+}
+
+/// What a worker lends the job it runs: its stats shard, the pool's telemetry
+/// and abort flag, the job's span and start. Takes the worker's fields apart, so
+/// the job itself can stay borrowed from the guard.
+fn run_ctx<'a>(shard: &'a Shard, inner: &'a Inner, span: &'a Span, started: Instant) -> RunCtx<'a> {
+    RunCtx {
+        counters: Counters {
+            shard,
+            telemetry: &inner.telemetry,
+        },
+        span,
+        aborted: &inner.aborted,
+        started,
     }
 }
 
@@ -230,15 +237,7 @@ async fn run(mut w: Worker, mut first: Option<Started>) {
         let job = w.guard.job.insert(job);
         let (ended, how, signal) = {
             // Field by field: the job is borrowed from the guard mutably.
-            let ctx = RunCtx {
-                counters: Counters {
-                    shard: &w.shard,
-                    telemetry: &w.guard.inner.telemetry,
-                },
-                span: &span,
-                aborted: &w.guard.inner.aborted,
-                started,
-            };
+            let ctx = run_ctx(&w.shard, &w.guard.inner, &span, started);
             poll_fn(|cx| job.as_mut().poll_run(cx, &ctx)).await
         };
         w.ended(ended, how, signal);
