@@ -7,6 +7,7 @@ mod keys;
 mod lanes;
 mod priority;
 mod state;
+mod take;
 mod timers;
 mod waiters;
 
