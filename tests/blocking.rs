@@ -1065,3 +1065,45 @@ async fn dropping_the_pool_while_a_worker_lingers_lets_jobs_finish() {
     assert_eq!(within("a", a).await, Ok(1));
     assert_eq!(within("b", b).await, Ok(2));
 }
+
+/// A closure whose run timeout fires while it waits for a blocking thread never
+/// runs: its caller was told `TimedOut`, and a retry must not meet a late run.
+#[test]
+fn a_closure_timed_out_before_its_thread_came_never_runs() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Hold Tokio's only blocking thread, so the worker's move to one waits.
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let holder = tokio::task::spawn_blocking(move || {
+            let _ = hold_rx.recv();
+        });
+        let pool = Pool::builder()
+            .workers(1)
+            .job_timeout(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        let ran = flag();
+        let seen = ran.clone();
+        let h = pool
+            .submit_blocking(move || seen.store(true, Ordering::SeqCst))
+            .await
+            .unwrap();
+        settle().await;
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(h.await, Err(JobError::TimedOut));
+        hold_tx.send(()).unwrap();
+        holder.await.unwrap();
+        pool.shutdown().await;
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "the closure ran after its timeout"
+        );
+        let s = pool.stats();
+        assert_eq!((s.timed_out, s.completed, s.busy), (1, 0, 0));
+    });
+}

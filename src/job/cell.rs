@@ -181,10 +181,18 @@ impl<T> Shared<T> {
     }
 
     /// Marks a claimed blocking closure as about to run inline on a pool thread,
-    /// from where nothing can interrupt it. Returns `false` if its caller cancelled
-    /// it first: it must not run.
-    pub(crate) fn begin_inline(&self) -> bool {
-        self.state.fetch_or(INLINE, AcqRel) & CANCELLED == 0
+    /// from where nothing can interrupt it. Returns `Err` if it must not run: its
+    /// caller cancelled it first (`None`), or its handle was already resolved
+    /// early (its run timeout fired while it waited for its thread, or an abort).
+    pub(crate) fn begin_inline(&self) -> Result<(), Option<Early>> {
+        let prev = self.state.fetch_or(INLINE, AcqRel);
+        if prev & (EARLY_CANCEL | EARLY_TIMEOUT | EARLY_ABORT) != 0 {
+            return Err(Some(early_cause(prev)));
+        }
+        if prev & CANCELLED != 0 {
+            return Err(None);
+        }
+        Ok(())
     }
 
     /// Takes the result if there is one, or registers `waker` to be woken by

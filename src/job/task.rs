@@ -321,16 +321,28 @@ impl<W: Work> Job for Task<W, W::Output> {
         let mut this = self.project();
         // `begin_inline` marks the cell first, so that a cancel from now on resolves
         // the handle itself; one that came before means the closure never runs.
-        let cancelled = this.shared.as_ref().is_some_and(|s| !s.begin_inline());
+        let begun = match this.shared.as_ref() {
+            Some(s) => s.begin_inline(),
+            None => Ok(()),
+        };
         let aborted = ctx.aborted.load(Relaxed);
-        if cancelled || aborted {
-            let outcome = if aborted {
-                Ending::Aborted
-            } else {
-                Ending::Cancelled
+        if begun.is_err() || aborted {
+            // It never runs: cancelled, aborted, or timed out while it waited for
+            // its thread (a caller told `TimedOut` must not see it run after).
+            let (outcome, err) = match begun {
+                Err(Some(Early::TimedOut)) => (Ending::TimedOut, JobError::TimedOut),
+                _ if aborted => (Ending::Aborted, JobError::Cancelled),
+                Err(Some(Early::Aborted)) => (Ending::Aborted, JobError::Cancelled),
+                _ => (Ending::Cancelled, JobError::Cancelled),
             };
-            let (ended, _) = settle(&mut this, ctx, outcome, Err(JobError::Cancelled));
+            let (ended, _) = settle(&mut this, ctx, outcome, Err(err));
             return (ended, outcome);
+        }
+        if *this.timeout == Some(Duration::ZERO)
+            && let Some(shared) = this.shared.as_ref()
+        {
+            // A zero run timeout: the handle times out as the closure starts.
+            shared.resolve_early(Early::TimedOut);
         }
         let result = {
             let _enter = ctx.span.enter();

@@ -214,8 +214,8 @@ where
 
     fn arm_timeout(self: Pin<&mut Self>, t: Duration, cell: Arc<dyn Resolve>) {
         if t.is_zero() {
-            // No time at all, as for a future: the handle resolves now.
-            cell.resolve_early(Early::TimedOut);
+            // No time at all, as for a future: the handle resolves as the closure
+            // starts (`Task::run_inline`), which it still does.
             return;
         }
         Pin::into_inner(self).timer = Some(tokio::spawn(async move {

@@ -373,7 +373,7 @@ impl AdaptiveLimit {
     }
 
     pub(crate) fn acquire(&mut self, clock: &mut Clock) -> Ticket {
-        let now = clock.now().saturating_duration_since(self.origin);
+        let now = clock.approx().saturating_duration_since(self.origin);
         self.ctl.on_start(now)
     }
 

@@ -40,7 +40,7 @@
 //!
 //! Every call is O(1) amortized and allocates nothing in steady state.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use super::adaptive::{Outcome, Resolved};
@@ -146,6 +146,11 @@ pub(crate) struct Controller {
     /// Start times of the jobs from ticket `head` on; released ones are flagged
     /// and popped once they reach the front, so the front is the oldest running job.
     ring: VecDeque<Slot>,
+    /// Jobs still running whose slots were moved out of the ring's front because
+    /// the ring had grown far past the jobs in flight (one long job would
+    /// otherwise keep every later slot alive): ticket to start. Few, and only
+    /// the longest-running.
+    evicted: BTreeMap<u64, Nanos>,
     head: u64,
     next: u64,
     /// Overloads of tickets below this belong to the burst already answered.
@@ -196,6 +201,7 @@ impl Controller {
             limit: cfg.initial,
             in_flight: 0,
             ring: VecDeque::new(),
+            evicted: BTreeMap::new(),
             head: 0,
             next: 0,
             cut_seq: 0,
@@ -276,7 +282,18 @@ impl Controller {
     /// The start time of the oldest job still running.
     #[cfg(test)]
     pub(crate) fn oldest_start(&self) -> Option<Nanos> {
-        self.ring.front().map(|s| s.start)
+        self.oldest_running()
+    }
+
+    /// The start of the oldest job still running: a long one moved out of the
+    /// ring, or the ring's front (released slots never stay at the front).
+    fn oldest_running(&self) -> Option<Nanos> {
+        let evicted = self.evicted.values().min().copied();
+        let front = self.ring.front().map(|s| s.start);
+        match (evicted, front) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A job starts at `now`. The caller checks that fewer than `limit` are in
@@ -288,6 +305,9 @@ impl Controller {
             start: now,
             live: true,
         });
+        if self.ring.len() > 2 * self.in_flight + 128 {
+            self.compact();
+        }
         self.in_flight += 1;
         if self.in_flight > self.win_peak {
             self.win_peak = self.in_flight;
@@ -347,22 +367,55 @@ impl Controller {
     }
 
     fn retire(&mut self, ticket: Ticket) -> Option<Nanos> {
-        let idx = usize::try_from(ticket.0.checked_sub(self.head)?).ok()?;
-        let slot = self.ring.get_mut(idx)?;
-        if !slot.live {
-            return None;
-        }
-        slot.live = false;
-        let start = slot.start;
+        let start = match ticket.0.checked_sub(self.head) {
+            Some(idx) => {
+                let slot = self.ring.get_mut(usize::try_from(idx).ok()?)?;
+                if !slot.live {
+                    return None;
+                }
+                slot.live = false;
+                slot.start
+            }
+            // Before the ring: a long job moved out of it, or unknown.
+            None => self.evicted.remove(&ticket.0)?,
+        };
         self.in_flight -= 1;
         while self.ring.front().is_some_and(|s| !s.live) {
             self.ring.pop_front();
             self.head += 1;
         }
-        if self.settled_seq == u64::MAX && self.head >= self.cut_seq {
+        if self.settled_seq == u64::MAX
+            && self.head >= self.cut_seq
+            && self
+                .evicted
+                .keys()
+                .next()
+                .is_none_or(|&t| t >= self.cut_seq)
+        {
             self.settled_seq = self.next;
         }
         Some(start)
+    }
+
+    /// Keeps the ring within a few times the jobs in flight: a job that runs for
+    /// much longer than the jobs after it would otherwise keep all their released
+    /// slots behind it. Its slot moves to `evicted`, and the released ones after
+    /// it go.
+    fn compact(&mut self) {
+        let keep = 2 * self.in_flight + 64;
+        while self.ring.len() > keep {
+            let Some(slot) = self.ring.pop_front() else {
+                break;
+            };
+            if slot.live {
+                self.evicted.insert(self.head, slot.start);
+            }
+            self.head += 1;
+            while self.ring.front().is_some_and(|s| !s.live) {
+                self.ring.pop_front();
+                self.head += 1;
+            }
+        }
     }
 
     fn extend_pause(&mut self, now: Nanos, after: Duration) -> Option<Nanos> {
@@ -465,8 +518,8 @@ impl Controller {
         let level = self.avg.min(mean);
         let slow = law.slowdown_cut && fresh && level > SLOWDOWN_FACTOR * self.base;
         let hung = (law.hang_blocks_growth || law.hang_cuts)
-            && self.ring.front().is_some_and(|s| {
-                now.saturating_sub(s.start).as_secs_f64() > HANG_FACTOR * self.avg
+            && self.oldest_running().is_some_and(|start| {
+                now.saturating_sub(start).as_secs_f64() > HANG_FACTOR * self.avg
             });
         if !slow {
             self.slow_ref_limit = 0;

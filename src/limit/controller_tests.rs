@@ -363,3 +363,24 @@ fn a_window_spent_paused_is_not_taken_for_the_downstreams_capacity() {
         c.limit()
     );
 }
+
+#[test]
+fn one_long_job_does_not_grow_the_ring() {
+    let mut c = ctl(Adaptive::aimd().initial(8).max(8), 64);
+    let long = c.on_start(ms(0));
+    for i in 0..100_000u64 {
+        let tk = c.on_start(ms(1 + i));
+        c.on_release(tk, ms(2 + i), Outcome::Success);
+    }
+    assert!(c.ring.len() < 300, "ring of {}", c.ring.len());
+    assert_eq!(c.in_flight(), 1);
+    assert_eq!(c.oldest_start(), Some(ms(0)));
+    // The long job still counts, and comes back once.
+    c.on_release(long, ms(200_000), Outcome::Success);
+    assert_eq!(c.in_flight(), 0);
+    assert_eq!(
+        c.on_release(long, ms(200_001), Outcome::Success),
+        Release::default()
+    );
+    assert!(c.evicted.is_empty());
+}

@@ -58,20 +58,44 @@ use crate::stats::Ending;
 /// The scheduler's clock for one decision: read at most once, and only if a
 /// limiter needs it, so that jobs without time-based limits never read it.
 #[derive(Default)]
-pub(crate) struct Clock(Option<Instant>);
+pub(crate) struct Clock {
+    now: Option<Instant>,
+    /// A recent reading the caller had anyway (a finishing worker's end time),
+    /// good enough where a few microseconds do not matter: an adaptive limit's
+    /// start times. Never used for a rate or a pause, which must not see a time
+    /// earlier than now (a rate would charge from it and admit early).
+    hint: Option<Instant>,
+}
 
 impl Clock {
     pub(crate) fn now(&mut self) -> Instant {
-        *self.0.get_or_insert_with(Instant::now)
+        *self.now.get_or_insert_with(Instant::now)
     }
 
     pub(crate) fn at(now: Instant) -> Clock {
-        Clock(Some(now))
+        Clock {
+            now: Some(now),
+            hint: None,
+        }
+    }
+
+    /// A clock that may answer [`approx`](Clock::approx) with `hint`.
+    pub(crate) fn with_hint(hint: Option<Instant>) -> Clock {
+        Clock { now: None, hint }
+    }
+
+    /// Now, or the hint if the clock was not read: for start times that
+    /// measure run times, not for limits that admit by time.
+    pub(crate) fn approx(&mut self) -> Instant {
+        match (self.now, self.hint) {
+            (Some(t), _) | (None, Some(t)) => t,
+            (None, None) => self.now(),
+        }
     }
 
     /// The time read so far, if anything needed it.
     pub(crate) fn read(&self) -> Option<Instant> {
-        self.0
+        self.now
     }
 }
 

@@ -367,9 +367,9 @@ impl Inner {
     /// Called by a worker to finish its previous job (`held`, which ended as
     /// `done` says) and take the next one. `Ready(None)` tells the worker to exit;
     /// it has been unregistered. `read_at` comes in as the time the previous job
-    /// ended, if the worker has run nothing since (the clock for this decision),
-    /// and goes out as the time the scheduler read, if it read one (the next job's
-    /// start).
+    /// ended, if the worker has run nothing since (a hint for start times, see
+    /// [`Clock::approx`]), and goes out as the time the scheduler read, if it read
+    /// one (the next job's start).
     pub(crate) fn next_job(
         self: &Arc<Self>,
         idx: usize,
@@ -382,12 +382,9 @@ impl Inner {
         let mut clock = Clock::default();
         if let Some(h) = held.take() {
             // The worker read the clock when the job ended, just before this (and
-            // has run nothing since): that is "now" for this decision too, and the
-            // next job's start, as the worker would take it. It saves a read when a
-            // limit needs one.
-            if let Some(at) = *read_at {
-                clock = Clock::at(at);
-            }
+            // has run nothing since): close enough to now for an adaptive limit's
+            // start time, which saves it a read. A rate or a pause still reads.
+            clock = Clock::with_hint(*read_at);
             st.busy -= 1;
             st.sched
                 .finish(h.lane, h.counted, done, h.tickets, &mut clock);

@@ -63,9 +63,11 @@ pub(crate) struct Worker {
     read_at: Option<Instant>,
 }
 
-/// A job taken from the queue, claimed and ready to run.
+/// A job taken from the queue, claimed and ready to run. The job itself is in
+/// the worker's guard from the moment it is taken, so that a worker dropped on
+/// its way to or from a blocking thread (a runtime shutting down) still counts
+/// it.
 pub(crate) struct Started {
-    pub(crate) job: Pin<Box<dyn Job>>,
     pub(crate) span: Span,
     pub(crate) started: Instant,
     /// A blocking closure: run it on a blocking thread.
@@ -123,8 +125,8 @@ impl Worker {
             };
             self.counters()
                 .queue_wait(started.saturating_duration_since(job.submitted()));
+            self.guard.job = Some(job);
             return Poll::Ready(Some(Started {
-                job,
                 span,
                 started,
                 inline: queued.inline,
@@ -141,10 +143,8 @@ impl Worker {
 
     /// Runs a blocking job to its end on the current thread (see `thread.rs`).
     pub(crate) fn run_inline(&mut self, s: Started) -> (Instant, Ending) {
-        let Started {
-            job, span, started, ..
-        } = s;
-        let job = self.guard.job.insert(job);
+        let Started { span, started, .. } = s;
+        let job = self.guard.job.as_mut().expect("a started job is held");
         // Field by field: the job is borrowed from the guard mutably.
         let ctx = run_ctx(&self.shard, &self.guard.inner, &span, started);
         job.as_mut().run_inline(&ctx)
@@ -231,10 +231,8 @@ async fn run(mut w: Worker, mut first: Option<Started>) {
             crate::worker::thread::hand_over(w, s);
             return;
         }
-        let Started {
-            job, span, started, ..
-        } = s;
-        let job = w.guard.job.insert(job);
+        let Started { span, started, .. } = s;
+        let job = w.guard.job.as_mut().expect("a started job is held");
         let (ended, how, signal) = {
             // Field by field: the job is borrowed from the guard mutably.
             let ctx = run_ctx(&w.shard, &w.guard.inner, &span, started);
