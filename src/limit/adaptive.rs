@@ -360,7 +360,7 @@ impl AdaptiveLimit {
     /// is the gate's own [`Pause`](super::Pause)).
     #[inline]
     pub(crate) fn check(&self) -> Admit {
-        if self.ctl.in_flight() < self.ctl.limit() {
+        if self.has_room() {
             Admit::Now
         } else {
             Admit::OnRelease

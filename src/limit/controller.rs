@@ -62,59 +62,8 @@ pub(crate) struct Release {
     pub(crate) pause_until: Option<Nanos>,
 }
 
-/// Which parts of the law are on: the law of the module docs. Each part is a
-/// flag so that the prototype's simulation could measure what it does (the
-/// `prototypes` branch, `adaptive/DESIGN.md`); the crate runs `Law::FINAL` only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Law {
-    /// Double per window until the first decrease.
-    slow_start: bool,
-    /// Grow on any clean window (not only when its mean run time is at most the average).
-    grow_on_any_window: bool,
-    /// Cut when a window's mean run time is 2.5 deviations above the average.
-    deviation_cut: bool,
-    /// No latency cut while fewer than half the limit were in flight.
-    latency_needs_half: bool,
-    /// Cut at once on an overload, once per burst (otherwise: once at the window's end).
-    immediate_overload_cut: bool,
-    /// No growth while a job runs longer than 3 smoothed run times.
-    hang_blocks_growth: bool,
-    /// A job running longer than 3 smoothed run times counts as an overload.
-    hang_cuts: bool,
-    /// Cut when the smoothed run time exceeds 1.5 times its baseline.
-    slowdown_cut: bool,
-    /// A slow-down cuts in proportion to it (down to half), not only by `decrease`.
-    proportional_slowdown: bool,
-    /// An overload cuts at most to the completed concurrency of the last window (+25%).
-    goodput_floor: bool,
-    /// The baseline resets when cutting does not bring the run time down.
-    baseline_reset: bool,
-}
-
-impl Law {
-    /// The law described in the module docs.
-    const FINAL: Law = Law {
-        slow_start: true,
-        grow_on_any_window: true,
-        deviation_cut: false,
-        latency_needs_half: true,
-        immediate_overload_cut: true,
-        hang_blocks_growth: true,
-        hang_cuts: true,
-        slowdown_cut: true,
-        proportional_slowdown: true,
-        goodput_floor: true,
-        baseline_reset: true,
-    };
-}
-
 /// EWMA weight of one window's mean run time (Vector's default).
 const ALPHA: f64 = 0.4;
-/// A window's mean run time this many deviations above the average is a signal
-/// (Vector's rule; off in the final law, see DESIGN.md).
-const DEV_SCALE: f64 = 2.5;
-/// The deviation is taken as at least this fraction of the average.
-const DEV_FLOOR: f64 = 0.02;
 /// A job running longer than this many smoothed run times is hung.
 const HANG_FACTOR: f64 = 3.0;
 /// A run time above this many times its baseline is a slow-down.
@@ -140,7 +89,6 @@ struct Slot {
 #[derive(Clone, Debug)]
 pub(crate) struct Controller {
     cfg: Resolved,
-    law: Law,
     limit: usize,
     in_flight: usize,
     /// Start times of the jobs from ticket `head` on; released ones are flagged
@@ -171,7 +119,6 @@ pub(crate) struct Controller {
     pause_from: Nanos,
     // Estimates, in seconds. `avg == 0` until the first success.
     avg: f64,
-    dev: f64,
     base: f64,
     /// The highest run time level during the slow-down cuts in a row, and the
     /// limit then (limit 0: the last window was not slow).
@@ -194,10 +141,8 @@ pub(crate) struct Controller {
 impl Controller {
     /// A controller starting at `cfg.initial()`.
     pub(crate) fn new(cfg: Resolved) -> Self {
-        let law = Law::FINAL;
         Controller {
             cfg,
-            law,
             limit: cfg.initial,
             in_flight: 0,
             ring: VecDeque::new(),
@@ -206,14 +151,13 @@ impl Controller {
             next: 0,
             cut_seq: 0,
             settled_seq: 0,
-            slow_start: law.slow_start,
+            slow_start: true,
             hold: 0,
             backoff: 0,
             clean: 0,
             pause_until: None,
             pause_from: Duration::ZERO,
             avg: 0.0,
-            dev: 0.0,
             base: 0.0,
             slow_ref_limit: 0,
             slow_ref: 0.0,
@@ -335,7 +279,6 @@ impl Controller {
                 }
                 if self.avg <= 0.0 && rtt > 0.0 {
                     self.avg = rtt;
-                    self.dev = rtt / 2.0;
                     self.base = rtt;
                     self.reset_window(now);
                 }
@@ -346,7 +289,7 @@ impl Controller {
                 if let Some(after) = retry_after {
                     pause_until = self.extend_pause(now, after);
                 }
-                if self.law.immediate_overload_cut && ticket.0 >= self.cut_seq {
+                if ticket.0 >= self.cut_seq {
                     self.cut(now, true);
                     if retry_after.is_some() {
                         // Each probe that ends in a pause makes the next one wait
@@ -448,7 +391,7 @@ impl Controller {
     fn cut_by(&mut self, now: Nanos, factor: f64, deep: bool) {
         // `as` saturates; the product is below `limit`, so this always goes down by one or more.
         let mut next = (self.limit as f64 * factor) as usize;
-        if deep && self.law.goodput_floor && self.last_rate >= 0.0 {
+        if deep && self.last_rate >= 0.0 {
             let done = (self.last_rate * self.avg * HEADROOM).ceil() as usize;
             next = next.min(done);
         }
@@ -480,8 +423,8 @@ impl Controller {
     }
 
     fn end_window(&mut self, now: Nanos) {
-        let law = self.law;
-        let busy = !law.latency_needs_half || self.win_peak * 2 >= self.limit;
+        // No latency cut while fewer than half the limit were in flight.
+        let busy = self.win_peak * 2 >= self.limit;
         let reached = self.win_peak >= self.limit;
         let fresh = self.win_n > 0;
         let mean = if fresh {
@@ -489,11 +432,7 @@ impl Controller {
         } else {
             0.0
         };
-        let threshold = self.avg + (DEV_SCALE * self.dev).max(DEV_FLOOR * self.avg);
-        let rtt_high = law.deviation_cut && fresh && mean > threshold;
-        let rtt_low = fresh && mean <= self.avg;
         if fresh {
-            self.dev += ALPHA * ((mean - self.avg).abs() - self.dev);
             self.avg += ALPHA * (mean - self.avg);
             self.base = self.base.min(self.avg);
         }
@@ -516,35 +455,32 @@ impl Controller {
         // The run time level: the smoothed one, unless the jobs started since the
         // last cut already show better (the average lags behind a cut).
         let level = self.avg.min(mean);
-        let slow = law.slowdown_cut && fresh && level > SLOWDOWN_FACTOR * self.base;
-        let hung = (law.hang_blocks_growth || law.hang_cuts)
-            && self.oldest_running().is_some_and(|start| {
-                now.saturating_sub(start).as_secs_f64() > HANG_FACTOR * self.avg
-            });
+        let slow = fresh && level > SLOWDOWN_FACTOR * self.base;
+        let hung = self
+            .oldest_running()
+            .is_some_and(|start| now.saturating_sub(start).as_secs_f64() > HANG_FACTOR * self.avg);
         if !slow {
             self.slow_ref_limit = 0;
         }
 
         if self.win_overload {
-            if !law.immediate_overload_cut {
-                self.cut(now, true);
-                return;
-            }
+            // Already cut when the overload came (once per burst): no growth.
         } else if busy && slow {
-            let mut factor = self.cfg.decrease;
-            if law.proportional_slowdown {
-                factor = factor.min(SLOWDOWN_FACTOR * self.base / level).max(0.5);
-            }
+            // In proportion to the slow-down, by at least `decrease`, at most half.
+            let factor = self
+                .cfg
+                .decrease
+                .min(SLOWDOWN_FACTOR * self.base / level)
+                .max(0.5);
             if self.slow_ref_limit == 0 || level > self.slow_ref {
                 self.slow_ref_limit = self.limit;
                 self.slow_ref = level;
             }
-            if law.baseline_reset
-                && (self.limit <= self.cfg.min
-                    || (self.limit.saturating_mul(2) <= self.slow_ref_limit
-                        && self.win_settled_n > 0
-                        && self.win_settled_sum / f64::from(self.win_settled_n)
-                            >= STALE_GAIN * self.slow_ref))
+            if self.limit <= self.cfg.min
+                || (self.limit.saturating_mul(2) <= self.slow_ref_limit
+                    && self.win_settled_n > 0
+                    && self.win_settled_sum / f64::from(self.win_settled_n)
+                        >= STALE_GAIN * self.slow_ref)
             {
                 // Halving the limit did not bring the run time down, for jobs that
                 // started after every job of the old limit had ended: the
@@ -557,15 +493,14 @@ impl Controller {
             }
             self.cut_by(now, factor, false);
             return;
-        } else if busy && rtt_high {
-            self.cut(now, false);
-            return;
         } else if hung {
-            if law.hang_cuts && self.head >= self.cut_seq {
+            // A hang blocks growth, and the first one since the last cut counts as
+            // an overload.
+            if self.head >= self.cut_seq {
                 self.cut(now, true);
                 return;
             }
-        } else if reached && (law.grow_on_any_window || rtt_low) {
+        } else if reached {
             if self.hold > 0 {
                 self.hold -= 1;
             } else {
