@@ -80,9 +80,9 @@ struct Args {
     /// The server's service time per request, in milliseconds.
     #[arg(long, default_value_t = 5)]
     service_ms: u64,
-    /// The pool's queue capacity (default: the pool's default, workers × 10). The
-    /// loop runs ahead of the workers by this many requests; 0 makes each submit
-    /// wait for a free worker, like the semaphore.
+    /// The pool's queue capacity (default: the pool's default, workers × 10 and at
+    /// least 256). The loop runs ahead of the workers by this many requests; 0
+    /// makes each submit wait for a free worker, like the semaphore.
     #[arg(long)]
     queue: Option<usize>,
     /// `capacity`: the server limits concurrency only (429 above `capacity`), and
@@ -383,8 +383,9 @@ async fn child(args: &Args, addr: &str) {
             }
             let pool = builder.build().expect("pool");
             // Requests in progress at once: as many as the pool holds, running and
-            // queued; the pool's queue does the waiting.
-            let in_progress = workers + args.queue.unwrap_or(workers * 10);
+            // queued (the default queue: workers × 10, at least 256); the pool's
+            // queue does the waiting.
+            let in_progress = workers + args.queue.unwrap_or((workers * 10).max(256));
             let mut done = futures::stream::iter(0..args.requests)
                 .map(|_| {
                     let (pool, client, url, bar) = (&pool, &client, &url, &bar);
