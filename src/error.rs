@@ -227,6 +227,13 @@ pub enum LimitError {
     InvalidQueueShare,
     /// An [adaptive limit](crate::Adaptive) whose settings cannot hold.
     InvalidAdaptive(AdaptiveError),
+    /// A shared rate's lease of zero tokens (feature `redis`).
+    ZeroLease,
+    /// A shared rate faster than one start per microsecond, the resolution of
+    /// the clock it is kept on in Redis (feature `redis`).
+    SharedRateTooFast,
+    /// A shared concurrency limit's slot TTL under 30 ms (feature `redis`).
+    TtlTooShort,
 }
 
 impl fmt::Display for LimitError {
@@ -235,10 +242,15 @@ impl fmt::Display for LimitError {
             LimitError::ZeroRate => "rate must allow at least 1 start per period",
             LimitError::ZeroPeriod => "rate period must be longer than zero",
             LimitError::ZeroBurst => "rate burst must be at least 1",
-            LimitError::ZeroConcurrency => "key concurrency must be at least 1",
+            LimitError::ZeroConcurrency => "concurrency must be at least 1",
             LimitError::ZeroQueueCapacity => "key queue capacity must be at least 1",
             LimitError::InvalidQueueShare => "key queue share must be in (0, 1]",
             LimitError::InvalidAdaptive(e) => return fmt::Display::fmt(e, f),
+            LimitError::ZeroLease => "shared rate lease must be at least 1",
+            LimitError::SharedRateTooFast => {
+                "shared rate must allow at most one start per microsecond"
+            }
+            LimitError::TtlTooShort => "shared concurrency slot ttl must be at least 30 ms",
         })
     }
 }

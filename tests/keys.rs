@@ -647,7 +647,7 @@ async fn invalid_limits_are_typed_errors() {
         ),
     ];
     for (limits, err) in cases {
-        assert_eq!(pool.set_key_limits("a", limits), Err(err));
+        assert_eq!(pool.set_key_limits("a", limits.clone()), Err(err));
         let built = Pool::builder().workers(1).key_limits(limits).build();
         assert_eq!(built.err(), Some(BuildError::InvalidLimit(err)));
     }

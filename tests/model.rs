@@ -106,6 +106,7 @@ enum Via {
 }
 
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // KeyLimits with the `redis` feature; test code.
 enum Op {
     Job {
         kind: Kind,
@@ -281,7 +282,7 @@ fn key_override() -> impl Strategy<Value = (KeyLimits, Option<AdaptiveCfg>)> {
     )
         .prop_map(|(l, raw)| {
             let cfg = raw.map(|raw| adaptive_for(raw, 3));
-            (cfg.map_or(l, |c| l.adaptive(c.build())), cfg)
+            (cfg.map_or(l.clone(), |c| l.clone().adaptive(c.build())), cfg)
         })
 }
 
@@ -510,7 +511,7 @@ struct Model {
 
 impl Model {
     fn limits(&self, k: &str) -> KeyLimits {
-        self.keys[k].over.unwrap_or(self.defaults)
+        self.keys[k].over.clone().unwrap_or(self.defaults.clone())
     }
 
     fn at(&self, t: Instant) -> Duration {
@@ -531,7 +532,7 @@ impl Model {
         let old = self.limits(k).rate;
         let old_adaptive = self.adaptive(k);
         let km = self.keys.get_mut(k).unwrap();
-        km.over = over.map(|o| o.0);
+        km.over = over.clone().map(|o| o.0);
         km.over_adaptive = over.and_then(|o| o.1);
         let new = self.limits(k).rate;
         let new_adaptive = self.adaptive(k);
@@ -1317,7 +1318,7 @@ impl Run {
                 // An adaptive limit is checked against the pool's size now. (No job
                 // starts during the call: the model may follow it.)
                 let workers = self.pool.stats().workers;
-                let r = self.pool.set_key_limits(k, limits);
+                let r = self.pool.set_key_limits(k, limits.clone());
                 let valid = adaptive.is_none_or(|a| a.valid_for(workers));
                 match r {
                     Ok(()) => {
@@ -1904,7 +1905,7 @@ fn run_sequence(setup: Setup, ops: Vec<Op>, counted: bool) {
                 pool_ra: Vec::new(),
                 default_adaptive: setup.key_adaptive,
                 targets: (setup.workers, setup.workers),
-                defaults: setup.key_limits,
+                defaults: setup.key_limits.clone(),
                 pool_rate: setup.rate,
                 pool_tat: None,
                 rate_unsure: false,
@@ -1930,7 +1931,7 @@ fn run_sequence(setup: Setup, ops: Vec<Op>, counted: bool) {
         let mut builder = Pool::builder()
             .workers(setup.workers)
             .queue_capacity(setup.capacity)
-            .key_limits(setup.key_limits);
+            .key_limits(setup.key_limits.clone());
         if let Some(r) = setup.rate {
             builder = builder.rate_limit(r);
         }

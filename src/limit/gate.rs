@@ -5,18 +5,21 @@ use tokio::time::Instant;
 
 use super::adaptive::{AdaptiveLimit, Outcome};
 use super::controller::Ticket;
-use super::{Admit, Clock, ConcurrencyLimit, Gcra, Limiter, Pause};
+use super::{Admit, Clock, ConcurrencyLimit, Gcra, Limiter, Pause, Remote};
 use crate::stats::Ending;
 
 /// The limiters in front of one lane's jobs (or, with no concurrency cap, the
 /// pool's). Checked in order; the first that says no decides.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Gate {
     pub(crate) pause: Pause,
     pub(crate) concurrency: ConcurrencyLimit,
     pub(crate) rate: Option<Gcra>,
     /// Boxed: most gates have none, and the lane stays small.
     pub(crate) adaptive: Option<Box<AdaptiveLimit>>,
+    /// Limits kept elsewhere (Redis), each with its setting's identity
+    /// (`RemoteSpec::id`). Empty (no allocation) unless the feature is used.
+    pub(crate) remote: Vec<(usize, Box<dyn Remote>)>,
 }
 
 /// What a gate hears when a job it counted ends.
@@ -57,6 +60,7 @@ impl Gate {
             },
             rate: rate.map(Gcra::new),
             adaptive: adaptive.map(Box::new),
+            remote: Vec::new(),
         }
     }
 
@@ -73,7 +77,7 @@ impl Gate {
     /// released at once, reporting nothing to learn from.
     #[inline]
     pub(crate) fn claims(&self) -> bool {
-        self.concurrency.cap != usize::MAX || self.rate.is_some()
+        self.concurrency.cap != usize::MAX || self.rate.is_some() || !self.remote.is_empty()
     }
 
     /// Whether a job may start now, without taking anything.
@@ -93,10 +97,21 @@ impl Gate {
                 no => return no,
             }
         }
-        match &self.rate {
-            Some(r) => Limiter::check(r, clock),
-            None => Admit::Now,
+        if let Some(r) = &self.rate {
+            match Limiter::check(r, clock) {
+                Admit::Now => {}
+                no => return no,
+            }
         }
+        // Last: a remote limit out of tokens or slots asks for more, which is
+        // wasted if a local limit says no anyway.
+        for (_, r) in &self.remote {
+            match r.check(clock) {
+                Admit::Now => {}
+                no => return no,
+            }
+        }
+        Admit::Now
     }
 
     /// A job passed every limiter and starts now: count it. Returns the adaptive
@@ -111,6 +126,9 @@ impl Gate {
         if let Some(r) = &mut self.rate {
             Limiter::acquire(r, clock, queued_since);
         }
+        for (_, r) in &mut self.remote {
+            r.acquire(clock);
+        }
         self.adaptive.as_mut().map(|a| a.acquire(clock))
     }
 
@@ -119,6 +137,9 @@ impl Gate {
     #[inline]
     pub(crate) fn release(&mut self, done: &Done, ticket: Option<Ticket>) {
         self.concurrency.release(done.ending);
+        for (_, r) in &mut self.remote {
+            r.release();
+        }
         if let (Some(a), Some(t)) = (&mut self.adaptive, ticket) {
             let (at, outcome) = done.report.unwrap_or((Instant::now(), Outcome::Ignore));
             if let Some(until) = a.release(t, at, outcome) {
@@ -134,6 +155,7 @@ impl Gate {
     pub(crate) fn has_room(&self) -> bool {
         self.concurrency.running < self.concurrency.cap
             && self.adaptive.as_ref().is_none_or(|a| a.has_room())
+            && self.remote.iter().all(|(_, r)| r.has_room())
     }
 
     /// The adaptive limit now, if the gate has one.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::error::LimitError;
-use crate::limit::{Adaptive, Rate};
+use crate::limit::{Adaptive, Rate, RemoteSpec};
 
 /// A key that tags a job (a tenant, a host, an API token) so that per-key limits
 /// apply to it: see [`KeyLimits`] and [`JobBuilder::key`](crate::JobBuilder::key).
@@ -142,7 +142,9 @@ impl fmt::Display for Key {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// `KeyLimits` is `Clone` but not `Copy` (since 0.2: it may hold a shared limit).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyLimits {
     /// At most this many jobs of the key run at once.
@@ -156,6 +158,16 @@ pub struct KeyLimits {
     pub queue_capacity: Option<usize>,
     /// The key's jobs run under a limit that adapts to its downstream.
     pub adaptive: Option<Adaptive>,
+    /// Each key's jobs start no faster than this rate, shared with every process
+    /// using the same name (feature `redis`): see [`KeyLimits::shared_rate`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub shared_rate: Option<crate::redis::SharedRate>,
+    /// At most this many jobs of each key run at once across every process
+    /// using the same name (feature `redis`): see [`KeyLimits::shared_concurrency`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub shared_concurrency: Option<crate::redis::SharedConcurrency>,
 }
 
 impl KeyLimits {
@@ -187,6 +199,44 @@ impl KeyLimits {
         self
     }
 
+    /// Each key's jobs start no faster than `rate`, across every process that
+    /// uses the same name: each key has its own state in Redis (the name and the
+    /// key), so this reads "`rate` per key, across the fleet". With
+    /// [`rate`](KeyLimits::rate) too, a job passes both and counts once against
+    /// each. See [`SharedRate`](crate::redis::SharedRate).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_rate(mut self, rate: crate::redis::SharedRate) -> KeyLimits {
+        self.shared_rate = Some(rate);
+        self
+    }
+
+    /// At most `limit.limit()` jobs of each key run at once across every process
+    /// that uses the same name, each key with its own slots in Redis. With
+    /// [`concurrency`](KeyLimits::concurrency) too, both apply. See
+    /// [`SharedConcurrency`](crate::redis::SharedConcurrency).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_concurrency(mut self, limit: crate::redis::SharedConcurrency) -> KeyLimits {
+        self.shared_concurrency = Some(limit);
+        self
+    }
+
+    /// The remote limits' settings, for the lanes' gates.
+    pub(crate) fn remote_specs(&self) -> impl Iterator<Item = &dyn RemoteSpec> {
+        #[cfg(feature = "redis")]
+        {
+            let c = self
+                .shared_concurrency
+                .as_ref()
+                .map(|c| c as &dyn RemoteSpec);
+            let r = self.shared_rate.as_ref().map(|r| r as &dyn RemoteSpec);
+            c.into_iter().chain(r)
+        }
+        #[cfg(not(feature = "redis"))]
+        std::iter::empty()
+    }
+
     /// At most `n` jobs of the key wait in the queue. Must be at least 1.
     pub fn queue_capacity(mut self, n: usize) -> KeyLimits {
         self.queue_capacity = Some(n);
@@ -203,6 +253,15 @@ impl KeyLimits {
         }
         if self.queue_capacity == Some(0) {
             return Err(LimitError::ZeroQueueCapacity);
+        }
+        #[cfg(feature = "redis")]
+        {
+            if let Some(r) = &self.shared_rate {
+                r.validate()?;
+            }
+            if let Some(c) = &self.shared_concurrency {
+                c.validate()?;
+            }
         }
         match self.rate {
             Some(r) => r.validate(),

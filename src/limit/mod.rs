@@ -38,6 +38,7 @@ mod gate;
 mod key;
 mod pause;
 mod rate;
+mod remote;
 
 pub(crate) use adaptive::AdaptiveLimit;
 pub use adaptive::{Adaptive, AdaptiveError, Outcome};
@@ -50,6 +51,7 @@ pub use key::{Key, KeyLimits, KeyStats};
 pub(crate) use pause::Pause;
 pub use rate::Rate;
 pub(crate) use rate::{Gcra, after, far_future};
+pub(crate) use remote::{Remote, RemoteSpec, Rouse, Wake};
 
 use tokio::time::Instant;
 

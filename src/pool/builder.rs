@@ -52,6 +52,7 @@ impl Pool {
 /// | [`rate_limit`](Builder::rate_limit) | none |
 /// | [`adaptive`](Builder::adaptive) | none (the limit is `workers`) |
 /// | [`key_limits`](Builder::key_limits) | none |
+/// | `shared_rate`, `shared_concurrency` (feature `redis`) | none |
 /// | [`priority_aging`](Builder::priority_aging) | 1 s |
 ///
 /// # Sizing
@@ -92,6 +93,10 @@ pub struct Builder {
     key_limits: KeyLimits,
     aging: Option<Duration>,
     key_share: Option<f64>,
+    #[cfg(feature = "redis")]
+    shared_rate: Option<crate::redis::SharedRate>,
+    #[cfg(feature = "redis")]
+    shared_concurrency: Option<crate::redis::SharedConcurrency>,
 }
 
 impl Builder {
@@ -190,6 +195,35 @@ impl Builder {
         self
     }
 
+    /// Jobs start no faster than `rate`, shared with every process that uses the
+    /// same name on the same Redis (feature `redis`). With
+    /// [`rate_limit`](Builder::rate_limit) too, a job starts when both allow it
+    /// and counts once against each. See [`SharedRate`](crate::redis::SharedRate).
+    ///
+    /// An invalid rate (zero count, period, burst or lease, or faster than one
+    /// start per microsecond) makes [`build`](Builder::build) fail with
+    /// [`BuildError::InvalidLimit`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_rate(mut self, rate: crate::redis::SharedRate) -> Self {
+        self.shared_rate = Some(rate);
+        self
+    }
+
+    /// At most `limit.limit()` jobs run at once across every process that uses
+    /// the same name on the same Redis (feature `redis`). A job needs a worker
+    /// and a shared slot, so the pool runs at most `min(workers, slots it can
+    /// get)`. See [`SharedConcurrency`](crate::redis::SharedConcurrency).
+    ///
+    /// A limit of zero, or a TTL under 30 ms, makes [`build`](Builder::build)
+    /// fail with [`BuildError::InvalidLimit`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_concurrency(mut self, limit: crate::redis::SharedConcurrency) -> Self {
+        self.shared_concurrency = Some(limit);
+        self
+    }
+
     /// The limits every [key](crate::Key) gets unless
     /// [`Pool::set_key_limits`](crate::Pool::set_key_limits) overrides them: a
     /// concurrency cap, a rate and a queue capacity per key. Unkeyed jobs are not
@@ -273,6 +307,19 @@ impl Builder {
         if !(share > 0.0 && share <= 1.0) {
             return Err(LimitError::InvalidQueueShare.into());
         }
+        #[allow(unused_mut)] // Without the `redis` feature nothing is pushed.
+        let mut remote: Vec<Box<dyn crate::limit::RemoteSpec>> = Vec::new();
+        #[cfg(feature = "redis")]
+        {
+            if let Some(c) = &self.shared_concurrency {
+                c.validate()?;
+                remote.push(Box::new(c.clone()));
+            }
+            if let Some(r) = &self.shared_rate {
+                r.validate()?;
+                remote.push(Box::new(r.clone()));
+            }
+        }
         let name: Arc<str> = self.name.as_deref().unwrap_or("taskgate").into();
         Ok(Pool::from_inner(Inner::new(
             rt,
@@ -285,6 +332,7 @@ impl Builder {
                 rate: self.rate,
                 adaptive: self.adaptive,
                 key_limits: self.key_limits,
+                remote,
                 key_share: share,
                 aging: self.aging.unwrap_or(Duration::from_secs(1)),
             },

@@ -21,8 +21,9 @@ use crate::job::{Canceller, Job, Pos, Task, Work};
 use crate::limit::{Adaptive, Rate};
 use crate::limit::{Clock, Done};
 use crate::limit::{Key, KeyLimits};
+use crate::limit::{RemoteSpec, Wake};
 use crate::sched::Priority;
-use crate::sched::{Gone, Queued, Sched, Tickets};
+use crate::sched::{Gone, Queued, RemoteEnv, Sched, Tickets};
 use crate::sched::{Ticket, Waiters};
 
 use super::state::{Action, State, TimerAct};
@@ -51,6 +52,8 @@ pub(crate) struct SchedConfig {
     /// The pool's adaptive limit (`Builder::adaptive`), checked.
     pub(crate) adaptive: Option<Adaptive>,
     pub(crate) key_limits: KeyLimits,
+    /// The pool's remote limits (shared through Redis).
+    pub(crate) remote: Vec<Box<dyn RemoteSpec>>,
     /// The share of the pool's places a key may hold (`Builder::key_queue_share`).
     pub(crate) key_share: f64,
     pub(crate) aging: std::time::Duration,
@@ -138,6 +141,11 @@ impl Inner {
         Arc::new_cyclic(|this| Inner {
             state: Padded(Mutex::new(State {
                 sched: Sched::new(
+                    RemoteEnv {
+                        wake: this.clone() as Weak<dyn Wake>,
+                        rt: rt.clone(),
+                    },
+                    &sched.remote,
                     sched.rate,
                     sched.adaptive,
                     sched.key_limits,

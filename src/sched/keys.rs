@@ -57,7 +57,7 @@ impl Sched {
     }
 
     pub(super) fn limits_of(&self, key: &Key) -> KeyLimits {
-        self.overrides.get(key).copied().unwrap_or(self.defaults)
+        self.overrides.get(key).unwrap_or(&self.defaults).clone()
     }
 
     /// Submitters wait for `key`'s queue: report the key (in `freed`) when one of
@@ -103,6 +103,10 @@ impl Sched {
             None => self.lanes.push(lane),
         };
         self.by_key.insert(key.clone(), li);
+        let lane = self.lanes.get_mut(li).expect("just placed");
+        let specs = limits.remote_specs();
+        self.env
+            .bind(&mut lane.gate, specs, Some(key), li, generation);
         li
     }
 
@@ -121,6 +125,9 @@ impl Sched {
             return;
         }
         let mut lane = self.lanes.take(li).expect("keyed lane exists");
+        // Remote limiters give back what they hold (idle shared slots) now, not
+        // when the spare lane is reused.
+        lane.gate.remote.clear();
         if let Some(w) = lane.wake_at {
             self.wakeups.remove(&(w, li));
         }
@@ -182,17 +189,26 @@ impl Sched {
     pub(crate) fn set_limits(&mut self, key: Key, limits: Option<KeyLimits>, clock: &mut Clock) {
         let applied = match limits {
             Some(l) => {
-                self.overrides.insert(key.clone(), l);
+                self.overrides.insert(key.clone(), l.clone());
                 l
             }
             None => {
                 self.overrides.remove(&key);
-                self.defaults
+                self.defaults.clone()
             }
         };
         if let Some(&li) = self.by_key.get(&key) {
             let (workers, origin) = (self.workers, self.origin);
-            self.lane(li).apply(&applied, workers, origin);
+            let lane = self.lanes.get_mut(li).expect("keyed lane exists");
+            lane.apply(&applied, workers, origin);
+            let generation = lane.generation;
+            self.env.bind(
+                &mut lane.gate,
+                applied.remote_specs(),
+                Some(&key),
+                li,
+                generation,
+            );
             self.unblock(li);
             self.collect(li, clock);
         }

@@ -22,14 +22,17 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::Weak;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::job::Job;
 use crate::limit::{Adaptive, AdaptiveLimit, Gate, Ticket};
 use crate::limit::{Gcra, Rate, far_future};
 use crate::limit::{Key, KeyLimits};
+use crate::limit::{RemoteSpec, Rouse, Wake};
 use crate::stats::Ending;
 
 use super::aging::Aging;
@@ -308,11 +311,55 @@ pub(crate) struct Sched {
     pub(super) workers: usize,
     /// Where adaptive limits count time from.
     pub(super) origin: Instant,
+    /// Where remote limits' background requests run and whom they wake.
+    pub(super) env: RemoteEnv,
+}
+
+/// What a remote limit needs from the pool to be bound to a lane: the pool to
+/// rouse (weakly) and the runtime to run its requests on.
+pub(crate) struct RemoteEnv {
+    pub(crate) wake: Weak<dyn Wake>,
+    pub(crate) rt: Handle,
+}
+
+impl RemoteEnv {
+    fn rouse(&self, lane: u32, generation: u32) -> Rouse {
+        Rouse {
+            pool: self.wake.clone(),
+            lane,
+            generation,
+            rt: self.rt.clone(),
+        }
+    }
+
+    /// Binds `specs` to the gate of lane `li` (or `POOL`) for `key`, keeping the
+    /// limiters of settings it already has.
+    pub(super) fn bind<'a>(
+        &self,
+        gate: &mut Gate,
+        specs: impl Iterator<Item = &'a dyn RemoteSpec>,
+        key: Option<&Key>,
+        li: u32,
+        generation: u32,
+    ) {
+        let mut old = std::mem::take(&mut gate.remote);
+        for spec in specs {
+            let id = spec.id();
+            match old.iter().position(|(i, _)| *i == id) {
+                Some(at) => gate.remote.push(old.swap_remove(at)),
+                None => gate
+                    .remote
+                    .push((id, spec.bind(key, self.rouse(li, generation)))),
+            }
+        }
+    }
 }
 
 impl Sched {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        env: RemoteEnv,
+        pool_remote: &[Box<dyn RemoteSpec>],
         pool_rate: Option<Rate>,
         pool_adaptive: Option<Adaptive>,
         defaults: KeyLimits,
@@ -356,7 +403,10 @@ impl Sched {
             deadlines: BTreeSet::new(),
             next_generation: 1,
             timer_dirty: false,
+            env,
         };
+        let specs = pool_remote.iter().map(|s| &**s);
+        sched.env.bind(&mut sched.pool, specs, None, POOL, 0);
         sched.set_workers(workers);
         sched
     }

@@ -13,6 +13,6 @@ mod waiters;
 
 pub(crate) use inner::Spawner;
 pub(crate) use inner::{Held, Inner, Place, Refused, SchedConfig, Waiting};
-pub(crate) use lanes::{Gone, Queued, Sched, Tickets};
+pub(crate) use lanes::{Gone, Queued, RemoteEnv, Sched, Tickets};
 pub use priority::Priority;
 pub(crate) use waiters::{Granted, Ticket, Waiters};

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::Inner;
 use super::lanes::{Gone, POOL, Queued, Sched};
 use crate::error::JobError;
-use crate::limit::Clock;
+use crate::limit::{Clock, Wake};
 
 impl Sched {
     /// The earliest timer, for the timer task.
@@ -154,5 +154,34 @@ impl Inner {
 
     pub(crate) fn reaper_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.reaper.notified()
+    }
+}
+
+/// A remote limit's background request has ended (tokens or slots granted, a
+/// refusal with a time to ask again, or a failure that puts its `OnError`
+/// policy in force): the lane it refilled is woken through the timer path, as
+/// when a rate wait ends. Called from the request's task, with no lock held.
+impl Wake for Inner {
+    fn rouse(&self, lane: u32, generation: u32) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if lane == POOL {
+            if st.sched.pool_blocked.is_none() {
+                return;
+            }
+            st.sched.pool_blocked = Some(now);
+        } else if !st
+            .sched
+            .lanes
+            .get(lane)
+            .is_some_and(|l| l.generation == generation && l.blocked)
+        {
+            // Removed, reused, or not waiting: nothing to wake.
+            return;
+        }
+        st.sched.wake(lane, now);
+        let act = st.timer_act();
+        drop(st);
+        self.timer(act);
     }
 }

@@ -1,0 +1,94 @@
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
+//! The seam for limits whose state lives outside the process (in Redis, for the
+//! `redis` feature): [`Remote`], the limiter a gate holds, [`RemoteSpec`], the
+//! setting that makes one per gate, and [`Rouse`], how a background refill wakes
+//! the lane it refilled.
+//!
+//! A remote limiter answers [`check`](Remote::check) from what it holds locally
+//! (tokens or slots leased in one round trip), under the pool lock, without
+//! waiting on anything. When it holds nothing it starts one background request
+//! (a spawned task, never awaited under the lock) and answers [`Admit::At`] with
+//! the request's deadline, so the scheduler marks the lane blocked and moves on
+//! to other lanes. When the request ends (granted, refused, or failed), the task
+//! calls [`Rouse::rouse`], which brings the lane's timer forward to now: the
+//! timer task unblocks the lane and dispatches a worker, as for a rate wait that
+//! ended. Nothing in this module knows about Redis.
+
+use std::fmt;
+use std::sync::Weak;
+
+use tokio::runtime::Handle;
+
+use super::{Admit, Clock, Key};
+
+/// What a remote limiter's background task calls when it has something new for
+/// its lane: the pool, through a weak reference (a request outliving the pool
+/// wakes nothing).
+pub(crate) trait Wake: Send + Sync {
+    /// Brings lane `lane`'s timer forward to now, if the lane still exists with
+    /// generation `generation` and waits for one (or, for the pool's gate, the
+    /// pool is blocked).
+    fn rouse(&self, lane: u32, generation: u32);
+}
+
+/// Where a remote limiter's refill wakes: one lane (or the pool's gate) of one
+/// pool, and the runtime its background tasks run on.
+#[derive(Clone)]
+pub(crate) struct Rouse {
+    pub(crate) pool: Weak<dyn Wake>,
+    pub(crate) lane: u32,
+    pub(crate) generation: u32,
+    pub(crate) rt: Handle,
+}
+
+impl Rouse {
+    /// Wakes the lane (see [`Wake::rouse`]). Takes the pool lock: never call it
+    /// with the lock held, or with a limiter's own lock held.
+    pub(crate) fn rouse(&self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.rouse(self.lane, self.generation);
+        }
+    }
+
+    /// The runtime to spawn background requests on (the pool's).
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.rt
+    }
+}
+
+impl fmt::Debug for Rouse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rouse")
+            .field("lane", &self.lane)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One remote limit, as a gate holds it. Like [`Limiter`](super::Limiter), but
+/// counting in units it leased from elsewhere.
+pub(crate) trait Remote: Send + fmt::Debug {
+    /// Whether one more job may start now, from what is held locally; takes
+    /// nothing. May start one background request (when nothing is held), which
+    /// rouses the lane when it ends. Never blocks.
+    fn check(&self, clock: &mut Clock) -> Admit;
+    /// A job passed every limiter and starts now: take one held unit.
+    fn acquire(&mut self, clock: &mut Clock);
+    /// A job this limiter counted has ended: give its unit back (a slot; a
+    /// token is spent and gives nothing back).
+    fn release(&mut self);
+    /// Whether the limit has room for a job ending to unblock its lane (a slot
+    /// went back to the local pool); rates answer `false` (they wake by timer).
+    fn has_room(&self) -> bool;
+}
+
+/// A remote limit's setting (`SharedRate`, `SharedConcurrency`): makes the
+/// limiter for one gate.
+pub(crate) trait RemoteSpec: Send + Sync + fmt::Debug {
+    /// The limiter for the pool's gate (`key` is `None`) or for key `key`'s
+    /// lane, waking `rouse` when its background requests end.
+    fn bind(&self, key: Option<&Key>, rouse: Rouse) -> Box<dyn Remote>;
+    /// The setting's identity: a lane whose limits are set again with the same
+    /// setting (or a clone of it) keeps its limiter, and what it holds.
+    fn id(&self) -> usize;
+}

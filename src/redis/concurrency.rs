@@ -1,0 +1,475 @@
+//! [`SharedConcurrency`]: a limit on running jobs kept in Redis and shared by
+//! every process that uses its name; and its limiter, which holds slots leased
+//! from Redis, renews them while held and gives idle ones back.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::client::RedisLimits;
+use super::health::{Counters, Health};
+use super::names::KeyKind;
+use super::{OnError, SharedStats};
+use crate::error::LimitError;
+use crate::limit::{Admit, Clock, Key, Remote, RemoteSpec, Rouse};
+
+/// At most `limit` jobs run at once across every process that uses the same
+/// name (and prefix) on one Redis. Made with [`RedisLimits::concurrency`];
+/// applied to a pool with
+/// [`Builder::shared_concurrency`](crate::Builder::shared_concurrency) or to each
+/// key with [`KeyLimits::shared_concurrency`](crate::KeyLimits::shared_concurrency)
+/// (then each key has its own: "4 at once per host, across the fleet").
+///
+/// **How.** Each running job holds a *slot*: a member of a sorted set in Redis,
+/// scored with its expiry on the server's clock. A process takes slots with a
+/// Lua script that first drops expired ones, renews the slots it holds every
+/// third of the [`ttl`](SharedConcurrency::ttl) while they are held, and gives
+/// back a slot its jobs no longer need a millisecond after it became idle (a
+/// slot freed while another job of the same pool or key waits goes straight to
+/// that job, without a round trip). So a job costs at most one round trip to
+/// start, and none while the pool stays busy.
+///
+/// **A process that dies** (SIGKILL, a crash, a partition) stops renewing: its
+/// slots come back to the fleet within the TTL plus one renewal period. A
+/// process that stalls longer than the TTL (a long GC-like pause, a suspended
+/// VM) can find its slots expired and given to others: the fleet may then run
+/// more than `limit` until its jobs end. This is a limit for efficiency, not a
+/// lock for correctness.
+///
+/// **With workers.** A job needs a worker of its pool and a shared slot: a pool
+/// of `w` workers runs at most `min(w, slots it can get)` jobs.
+///
+/// **When Redis fails**, the [`OnError`] policy applies
+/// ([`on_error`](SharedConcurrency::on_error), default [`OnError::Local`]: at
+/// most `limit` at once in this process).
+///
+/// A refusal (every slot taken) is retried by polling, every 2 ms at first and
+/// backing off to 50 ms while refused.
+///
+/// Cheap to clone; clones share their counters ([`stats`](SharedConcurrency::stats)).
+#[derive(Clone)]
+pub struct SharedConcurrency {
+    client: RedisLimits,
+    name: Arc<str>,
+    limit: usize,
+    ttl: Duration,
+    on_error: OnError,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for SharedConcurrency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedConcurrency")
+            .field("name", &self.name)
+            .field("limit", &self.limit)
+            .field("ttl", &self.ttl)
+            .field("on_error", &self.on_error)
+            .finish()
+    }
+}
+
+impl PartialEq for SharedConcurrency {
+    /// The same setting: the same name, limit, TTL and policy on the same
+    /// [`RedisLimits`] handle.
+    fn eq(&self, other: &SharedConcurrency) -> bool {
+        self.client == other.client
+            && self.name == other.name
+            && self.limit == other.limit
+            && self.ttl == other.ttl
+            && self.on_error == other.on_error
+    }
+}
+
+impl Eq for SharedConcurrency {}
+
+/// The shortest TTL: renewals every third of it must be able to arrive.
+const MIN_TTL: Duration = Duration::from_millis(30);
+/// How long an idle slot is kept for the next job before it goes back.
+const LINGER: Duration = Duration::from_millis(1);
+/// Polling a full limit: from this, doubling while refused...
+const POLL_MIN: Duration = Duration::from_millis(2);
+/// ... up to this.
+const POLL_MAX: Duration = Duration::from_millis(50);
+/// The most slots one request asks for.
+const BATCH_MAX: usize = 16;
+
+impl SharedConcurrency {
+    pub(super) fn new(client: RedisLimits, name: String, limit: usize) -> SharedConcurrency {
+        let counters = Arc::new(Counters::new("concurrency", &name));
+        SharedConcurrency {
+            client,
+            name: name.into(),
+            limit,
+            ttl: Duration::from_secs(10),
+            on_error: OnError::default(),
+            counters,
+        }
+    }
+
+    /// How long a slot lasts in Redis unless renewed (default 10 s, at least
+    /// 30 ms); renewed every third of it while held. A crashed process's slots
+    /// come back within the TTL plus a third.
+    pub fn ttl(mut self, ttl: Duration) -> SharedConcurrency {
+        self.ttl = ttl;
+        self
+    }
+
+    /// What to do while Redis does not answer (default [`OnError::Local`]).
+    pub fn on_error(mut self, policy: OnError) -> SharedConcurrency {
+        self.on_error = policy;
+        self
+    }
+
+    /// The name the processes share.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The limit on running jobs across the fleet.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The TTL of a slot.
+    pub fn slot_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The policy while Redis fails.
+    pub fn policy(&self) -> OnError {
+        self.on_error
+    }
+
+    /// This process's counters for the limit, over every pool and key using it
+    /// (and its clones).
+    pub fn stats(&self) -> SharedStats {
+        self.counters.snapshot()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), LimitError> {
+        if self.limit == 0 {
+            return Err(LimitError::ZeroConcurrency);
+        }
+        if self.ttl < MIN_TTL {
+            return Err(LimitError::TtlTooShort);
+        }
+        Ok(())
+    }
+}
+
+impl RemoteSpec for SharedConcurrency {
+    fn bind(&self, key: Option<&Key>, rouse: Rouse) -> Box<dyn Remote> {
+        Box::new(SlotLimiter {
+            cell: Arc::new(Cell {
+                client: self.client.clone(),
+                key: self
+                    .client
+                    .key_of(KeyKind::Concurrency, &self.name, key.map(Key::as_str)),
+                limit: self.limit,
+                ttl: self.ttl,
+                counters: self.counters.clone(),
+                rouse,
+                state: Mutex::new(State {
+                    free: Vec::new(),
+                    busy: Vec::new(),
+                    unheld: 0,
+                    next_ask: None,
+                    poll: POLL_MIN,
+                    health: Health::new(Instant::now()),
+                    renewing: false,
+                    returning: false,
+                    retired: false,
+                }),
+            }),
+            on_error: self.on_error,
+        })
+    }
+
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.counters) as *const () as usize
+    }
+}
+
+/// The limiter for one gate.
+struct SlotLimiter {
+    cell: Arc<Cell>,
+    on_error: OnError,
+}
+
+struct Cell {
+    client: RedisLimits,
+    key: String,
+    limit: usize,
+    ttl: Duration,
+    counters: Arc<Counters>,
+    rouse: Rouse,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Slots held in Redis that no job uses (kept `LINGER` for the next one).
+    free: Vec<String>,
+    /// Slots held by running jobs.
+    busy: Vec<String>,
+    /// Running jobs that hold no slot: started under the `OnError` policy, or
+    /// whose slot was found expired on renewal.
+    unheld: usize,
+    /// A full limit: do not ask before then.
+    next_ask: Option<Instant>,
+    /// The next poll interval while refused.
+    poll: Duration,
+    health: Health,
+    /// A renewal task is running.
+    renewing: bool,
+    /// A task will give the idle slots back.
+    returning: bool,
+    /// The gate was dropped: give back everything, wake nothing.
+    retired: bool,
+}
+
+impl State {
+    fn held(&self) -> usize {
+        self.free.len() + self.busy.len()
+    }
+
+    /// Every slot held, to give back.
+    fn take_all(&mut self) -> Vec<String> {
+        let mut ids = std::mem::take(&mut self.free);
+        ids.append(&mut self.busy);
+        ids
+    }
+}
+
+impl Cell {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts an acquire request in the background; nothing here waits.
+    fn ask(self: &Arc<Self>, st: &mut State, now: Instant) -> Instant {
+        let deadline = now + self.client.call_timeout();
+        st.health.ask(deadline);
+        // One more slot than the running jobs hold, up to a batch: a busy
+        // gate ramps up in few round trips, and an unused surplus goes back
+        // after `LINGER`.
+        let want = (st.busy.len() + 1).min(BATCH_MAX).min(self.limit);
+        let ids: Vec<String> = (0..want).map(|_| self.client.holder_id()).collect();
+        let cell = self.clone();
+        self.rouse
+            .runtime()
+            .spawn(async move { cell.acquire(ids).await });
+        deadline
+    }
+
+    async fn acquire(self: Arc<Self>, mut ids: Vec<String>) {
+        let result = self
+            .client
+            .acquire(&self.key, &ids, self.limit as u64, self.ttl)
+            .await;
+        let retired = self.lock().retired;
+        if retired {
+            if let Ok((granted, _)) = result {
+                self.counters.answered(granted as u64);
+                ids.truncate(granted);
+                self.give_back(ids).await;
+            }
+            return;
+        }
+        self.settle(result, ids);
+        self.rouse.rouse();
+    }
+
+    /// Takes an acquire's answer into the state.
+    fn settle(
+        self: &Arc<Self>,
+        result: Result<(usize, Option<Duration>), super::RedisError>,
+        mut ids: Vec<String>,
+    ) {
+        let mut st = self.lock();
+        match result {
+            Ok((granted, wait)) => {
+                self.counters.answered(granted as u64);
+                st.health.answered(&self.counters);
+                ids.truncate(granted);
+                if granted == 0 {
+                    let poll = st.poll;
+                    st.poll = (poll * 2).min(POLL_MAX);
+                    let wait = wait.map_or(poll, |w| w.min(poll));
+                    st.next_ask = Some(Instant::now() + wait);
+                } else {
+                    st.poll = POLL_MIN;
+                    st.next_ask = None;
+                }
+                st.free.extend(ids);
+                if st.held() > 0 && !st.renewing {
+                    st.renewing = true;
+                    let cell = self.clone();
+                    self.rouse
+                        .runtime()
+                        .spawn(async move { cell.renew().await });
+                }
+            }
+            Err(e) => st.health.failed(&e, &self.counters, "shared concurrency"),
+        }
+    }
+
+    /// Renews every held slot each third of the TTL, while any is held.
+    async fn renew(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.ttl / 3).await;
+            let (ids, done) = {
+                let mut st = self.lock();
+                if st.held() == 0 || st.retired {
+                    st.renewing = false;
+                    (st.take_all(), true)
+                } else {
+                    (st.free.iter().chain(&st.busy).cloned().collect(), false)
+                }
+            };
+            if done {
+                self.give_back(ids).await;
+                return;
+            }
+            match self.client.renew(&self.key, &ids, self.ttl).await {
+                Ok(flags) => {
+                    self.counters.answered(0);
+                    let lost: Vec<&String> = ids
+                        .iter()
+                        .zip(flags)
+                        .filter(|(_, held)| !held)
+                        .map(|(id, _)| id)
+                        .collect();
+                    if !lost.is_empty() {
+                        self.counters.lost(lost.len() as u64);
+                        tracing::warn!(
+                            lost = lost.len(),
+                            "taskgate: shared concurrency slots expired before renewal"
+                        );
+                        let mut st = self.lock();
+                        st.free.retain(|id| !lost.contains(&id));
+                        let before = st.busy.len();
+                        st.busy.retain(|id| !lost.contains(&id));
+                        // Their jobs run on, holding no slot.
+                        st.unheld += before - st.busy.len();
+                    }
+                }
+                Err(_) => self.counters.failed(),
+            }
+        }
+    }
+
+    /// Gives the idle slots back after `LINGER`, unless a job took them.
+    async fn return_idle(self: Arc<Self>) {
+        tokio::time::sleep(LINGER).await;
+        let ids = {
+            let mut st = self.lock();
+            st.returning = false;
+            std::mem::take(&mut st.free)
+        };
+        self.give_back(ids).await;
+    }
+
+    async fn give_back(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        match self.client.release(&self.key, &ids).await {
+            Ok(()) => self.counters.answered(0),
+            // They expire at their TTL.
+            Err(_) => self.counters.failed(),
+        }
+    }
+}
+
+impl fmt::Debug for SlotLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedConcurrencyLimiter")
+            .field("limit", &self.cell.limit)
+            .field("state", &*self.cell.lock())
+            .finish()
+    }
+}
+
+impl Remote for SlotLimiter {
+    fn check(&self, clock: &mut Clock) -> Admit {
+        let mut st = self.cell.lock();
+        if !st.free.is_empty() {
+            return Admit::Now;
+        }
+        let now = clock.now();
+        if st.health.failing.is_some() {
+            if st.health.probe_due(now) {
+                self.cell.ask(&mut st, now);
+            }
+            return match self.on_error {
+                OnError::Open => Admit::Now,
+                OnError::Local if st.busy.len() + st.unheld < self.cell.limit => Admit::Now,
+                OnError::Local => Admit::OnRelease,
+                OnError::Closed => Admit::At(st.health.asking.unwrap_or(st.health.next_probe)),
+            };
+        }
+        if let Some(deadline) = st.health.asking {
+            return Admit::At(deadline);
+        }
+        if let Some(t) = st.next_ask.filter(|&t| t > now) {
+            return Admit::At(t);
+        }
+        Admit::At(self.cell.ask(&mut st, now))
+    }
+
+    fn acquire(&mut self, _: &mut Clock) {
+        let mut st = self.cell.lock();
+        match st.free.pop() {
+            Some(id) => st.busy.push(id),
+            None => {
+                // Only a failing limit says `Now` without a slot.
+                st.unheld += 1;
+                self.cell.counters.started_on_error();
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        let mut st = self.cell.lock();
+        if st.unheld > 0 {
+            st.unheld -= 1;
+            return;
+        }
+        if let Some(id) = st.busy.pop() {
+            st.free.push(id);
+            if !st.returning {
+                st.returning = true;
+                let cell = self.cell.clone();
+                self.cell
+                    .rouse
+                    .runtime()
+                    .spawn(async move { cell.return_idle().await });
+            }
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        let st = self.cell.lock();
+        !st.free.is_empty() || (st.health.failing.is_some() && self.on_error != OnError::Closed)
+    }
+}
+
+impl Drop for SlotLimiter {
+    fn drop(&mut self) {
+        let mut st = self.cell.lock();
+        st.retired = true;
+        st.health.retire(&self.cell.counters);
+        let ids = st.take_all();
+        drop(st);
+        if !ids.is_empty() {
+            let cell = self.cell.clone();
+            self.cell
+                .rouse
+                .runtime()
+                .spawn(async move { cell.give_back(ids).await });
+        }
+    }
+}

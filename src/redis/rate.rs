@@ -1,0 +1,336 @@
+//! [`SharedRate`]: a GCRA rate kept in Redis and shared by every process that
+//! uses its name; and its limiter, which leases tokens in batches.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::client::{GcraParams, RedisLimits};
+use super::health::{Counters, Health};
+use super::names::KeyKind;
+use super::{OnError, SharedStats};
+use crate::error::LimitError;
+use crate::limit::{Admit, Clock, Gcra, Key, Limiter, Rate, Remote, RemoteSpec, Rouse};
+
+/// A rate shared by every process that uses the same name (and prefix) on one
+/// Redis: "100 calls per second to this API, across the fleet". Made with
+/// [`RedisLimits::rate`]; applied to a pool with
+/// [`Builder::shared_rate`](crate::Builder::shared_rate) or to each key with
+/// [`KeyLimits::shared_rate`](crate::KeyLimits::shared_rate) (then each key has
+/// its own shared rate: "5 per second per host, across the fleet").
+///
+/// **How.** The rate is a GCRA whose state (one timestamp) is kept in Redis and
+/// moved by a Lua script that reads the server's `TIME`, never the hosts'
+/// clocks. A process takes tokens in batches, a *lease* of up to
+/// [`effective_lease`](SharedRate::effective_lease) per round trip, and starts
+/// jobs from its batch without asking Redis; when the batch is spent it asks for
+/// more in the background and the jobs wait in the queue (other keys keep
+/// starting). A request that finds fewer tokens left gets those (a partial
+/// grant, possibly none, never a wait for the whole lease), and the process asks
+/// again when about half a lease has come due.
+///
+/// **The bound.** Over any window of length `t`, the fleet starts at most
+/// `burst + r·t + P·lease` jobs, where `P` is the number of processes (each may
+/// start the tokens it leased before the window inside it). The lease is at most
+/// the burst (Redis never holds more than `burst` tokens), so give the rate a
+/// burst of at least the lease you want: with a burst of 1 every start costs a
+/// round trip. About 10 ms of the rate, e.g. `Rate::per_second(10_000).burst(100)`,
+/// lets a saturated fleet reach its rate with one round trip per tens of starts.
+///
+/// **With a local rate.** A pool (or key) with both [`Builder::rate_limit`] and a
+/// shared rate starts a job when both allow it, and the job counts once against
+/// each. Tokens leased but not started when a key's state is removed, or when
+/// the process exits, are lost: the fleet under-uses, never over-uses.
+///
+/// **When Redis fails**, the [`OnError`] policy applies ([`on_error`](SharedRate::on_error),
+/// default [`OnError::Local`]: this rate, enforced in the process alone).
+///
+/// Cheap to clone; clones share their counters ([`stats`](SharedRate::stats)).
+///
+/// [`Builder::rate_limit`]: crate::Builder::rate_limit
+#[derive(Clone)]
+pub struct SharedRate {
+    client: RedisLimits,
+    name: Arc<str>,
+    rate: Rate,
+    lease: Option<u32>,
+    on_error: OnError,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for SharedRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedRate")
+            .field("name", &self.name)
+            .field("rate", &self.rate)
+            .field("lease", &self.effective_lease())
+            .field("on_error", &self.on_error)
+            .finish()
+    }
+}
+
+impl PartialEq for SharedRate {
+    /// The same setting: the same name, rate, lease and policy on the same
+    /// [`RedisLimits`] handle.
+    fn eq(&self, other: &SharedRate) -> bool {
+        self.client == other.client
+            && self.name == other.name
+            && self.rate == other.rate
+            && self.lease == other.lease
+            && self.on_error == other.on_error
+    }
+}
+
+impl Eq for SharedRate {}
+
+/// How long a default lease covers: about 10 ms of the rate.
+const LEASE_SPAN: Duration = Duration::from_millis(10);
+
+impl SharedRate {
+    pub(super) fn new(client: RedisLimits, name: String, rate: Rate) -> SharedRate {
+        let counters = Arc::new(Counters::new("rate", &name));
+        SharedRate {
+            client,
+            name: name.into(),
+            rate,
+            lease: None,
+            on_error: OnError::default(),
+            counters,
+        }
+    }
+
+    /// Takes up to `n` tokens per round trip to Redis (default: about 10 ms of
+    /// the rate, at least 1). Capped at the rate's burst: see
+    /// [`effective_lease`](SharedRate::effective_lease). Must be at least 1.
+    pub fn lease(mut self, n: u32) -> SharedRate {
+        self.lease = Some(n);
+        self
+    }
+
+    /// What to do while Redis does not answer (default [`OnError::Local`]).
+    pub fn on_error(mut self, policy: OnError) -> SharedRate {
+        self.on_error = policy;
+        self
+    }
+
+    /// The tokens taken per round trip: the [`lease`](SharedRate::lease) (or its
+    /// default, about 10 ms of the rate), at most the rate's burst, at least 1.
+    /// The fleet bound, `burst + r·t + P·lease`, uses this figure.
+    pub fn effective_lease(&self) -> u32 {
+        let default = || {
+            let per_span = u128::from(self.rate.count()) * LEASE_SPAN.as_nanos();
+            let n = per_span.div_ceil(self.rate.period().as_nanos().max(1));
+            u32::try_from(n).unwrap_or(u32::MAX)
+        };
+        self.lease
+            .unwrap_or_else(default)
+            .min(self.rate.burst_size())
+            .max(1)
+    }
+
+    /// The name the processes share.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The rate.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// The policy while Redis fails.
+    pub fn policy(&self) -> OnError {
+        self.on_error
+    }
+
+    /// This process's counters for the rate, over every pool and key using it
+    /// (and its clones).
+    pub fn stats(&self) -> SharedStats {
+        self.counters.snapshot()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), LimitError> {
+        self.rate.validate()?;
+        if self.lease == Some(0) {
+            return Err(LimitError::ZeroLease);
+        }
+        if GcraParams::of(self.rate).is_none() {
+            return Err(LimitError::SharedRateTooFast);
+        }
+        Ok(())
+    }
+}
+
+impl RemoteSpec for SharedRate {
+    fn bind(&self, key: Option<&Key>, rouse: Rouse) -> Box<dyn Remote> {
+        let now = Instant::now();
+        let params = GcraParams::of(self.rate).expect("validated when the limit was set");
+        Box::new(RateLimiter {
+            cell: Arc::new(Cell {
+                client: self.client.clone(),
+                key: self
+                    .client
+                    .key_of(KeyKind::Rate, &self.name, key.map(Key::as_str)),
+                params,
+                lease: u64::from(self.effective_lease()),
+                counters: self.counters.clone(),
+                rouse,
+                state: Mutex::new(State {
+                    tokens: 0,
+                    next_ask: None,
+                    health: Health::new(now),
+                    local: Gcra::new(self.rate),
+                    retired: false,
+                }),
+            }),
+            on_error: self.on_error,
+        })
+    }
+
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.counters) as *const () as usize
+    }
+}
+
+/// The limiter for one gate: what it holds, shared with its background request.
+struct RateLimiter {
+    cell: Arc<Cell>,
+    on_error: OnError,
+}
+
+struct Cell {
+    client: RedisLimits,
+    key: String,
+    params: GcraParams,
+    lease: u64,
+    counters: Arc<Counters>,
+    rouse: Rouse,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Tokens leased and not yet started.
+    tokens: u64,
+    /// Redis said no more tokens (or only part of a lease) until then: do not
+    /// ask before.
+    next_ask: Option<Instant>,
+    health: Health,
+    /// The same rate in this process alone, for [`OnError::Local`].
+    local: Gcra,
+    /// The gate was dropped: a request in flight wakes nothing.
+    retired: bool,
+}
+
+impl Cell {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a lease request in the background; the caller holds the state
+    /// (and maybe the pool lock): nothing here waits.
+    fn ask(self: &Arc<Self>, st: &mut State, now: Instant) -> Instant {
+        let deadline = now + self.client.call_timeout();
+        st.health.ask(deadline);
+        let cell = self.clone();
+        self.rouse
+            .runtime()
+            .spawn(async move { cell.refill().await });
+        deadline
+    }
+
+    async fn refill(self: Arc<Self>) {
+        let result = self.client.lease(&self.key, self.params, self.lease).await;
+        let mut st = self.lock();
+        if st.retired {
+            // Nothing waits for it: the tokens are lost (under-use).
+            if let Ok((granted, _)) = result {
+                self.counters.answered(granted);
+            }
+            return;
+        }
+        match result {
+            Ok((granted, wait)) => {
+                self.counters.answered(granted);
+                st.health.answered(&self.counters);
+                st.tokens += granted;
+                st.next_ask = (granted < self.lease).then(|| {
+                    // Ask again when about half a lease has come due, so a
+                    // round trip brings many tokens, and none is lost to a full
+                    // bucket (the lease is at most the burst).
+                    let half = self.lease.div_ceil(2).saturating_sub(1);
+                    let emission = Duration::from_micros(self.params.emission_us);
+                    Instant::now() + wait + emission.saturating_mul(half as u32)
+                });
+            }
+            Err(e) => st.health.failed(&e, &self.counters, "shared rate"),
+        }
+        drop(st);
+        self.rouse.rouse();
+    }
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedRateLimiter")
+            .field("lease", &self.cell.lease)
+            .field("state", &*self.cell.lock())
+            .finish()
+    }
+}
+
+impl Remote for RateLimiter {
+    fn check(&self, clock: &mut Clock) -> Admit {
+        let mut st = self.cell.lock();
+        if st.tokens > 0 {
+            return Admit::Now;
+        }
+        let now = clock.now();
+        if st.health.failing.is_some() {
+            if st.health.probe_due(now) {
+                self.cell.ask(&mut st, now);
+            }
+            return match self.on_error {
+                OnError::Open => Admit::Now,
+                OnError::Local => Limiter::check(&st.local, clock),
+                OnError::Closed => Admit::At(st.health.asking.unwrap_or(st.health.next_probe)),
+            };
+        }
+        if let Some(deadline) = st.health.asking {
+            return Admit::At(deadline);
+        }
+        if let Some(t) = st.next_ask.filter(|&t| t > now) {
+            return Admit::At(t);
+        }
+        Admit::At(self.cell.ask(&mut st, now))
+    }
+
+    fn acquire(&mut self, clock: &mut Clock) {
+        let mut st = self.cell.lock();
+        if st.tokens > 0 {
+            st.tokens -= 1;
+            return;
+        }
+        // Only a failing limit says `Now` without a token.
+        self.cell.counters.started_on_error();
+        if self.on_error == OnError::Local {
+            Limiter::acquire(&mut st.local, clock, None);
+        }
+    }
+
+    fn release(&mut self) {}
+
+    fn has_room(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for RateLimiter {
+    fn drop(&mut self) {
+        let mut st = self.cell.lock();
+        st.retired = true;
+        st.health.retire(&self.cell.counters);
+    }
+}
