@@ -16,12 +16,14 @@
 //!
 //! # Adding a limiter
 //!
-//! A new kind of limit (a rate shared through Redis, say) is a new file here with
+//! A new kind of limit is a new file here with
 //! a type that implements [`Limiter`], and one more field in [`Gate`]
 //! (`gate.rs`), checked in `Gate::check` and taken in `Gate::acquire`: no change
 //! to the scheduler's `pick`. Rules: `check` must not block (it runs under the
-//! pool lock: a limit shared through Redis answers from a locally leased batch and
-//! says [`Admit::At`] when the batch is spent), and takes nothing; `acquire` takes.
+//! pool lock), and takes nothing; `acquire` takes. A limit whose state lives
+//! outside the process (Redis, for the `redis` feature) implements [`Remote`]
+//! instead (`remote.rs`): it answers from units leased earlier, and a background
+//! request wakes its lane through the timer path.
 //! What the adaptive limit (`adaptive.rs`, `controller.rs`) added, a new limiter
 //! can use: `Gate::acquire` may hand out a ticket the worker keeps until the job
 //! ends; `Gate::release` gets the job's end time and [`Outcome`] ([`Done`]) and may

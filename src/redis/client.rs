@@ -494,6 +494,17 @@ mod tests {
         assert!(!format!("{err} {err:?}").contains(pw));
     }
 
+    #[cfg(feature = "redis-tls")]
+    #[tokio::test]
+    async fn rediss_with_the_tls_feature_fails_cleanly_when_unreachable() {
+        // rustls has its crypto provider: no panic, an ordinary error.
+        let err = RedisLimits::connect("rediss://:tls-Secret-77@127.0.0.1:1/")
+            .await
+            .unwrap_err();
+        assert!(err.is_unreachable(), "{err:?}");
+        assert!(!format!("{err} {err:?}").contains("tls-Secret-77"));
+    }
+
     #[cfg(not(feature = "redis-tls"))]
     #[tokio::test]
     async fn rediss_needs_the_tls_feature() {
