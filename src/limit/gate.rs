@@ -172,6 +172,11 @@ impl Gate {
             .as_ref()
             .and_then(|a| a.keeps_until())
             .filter(|&t| t > clock.now());
-        pause.max(rate).max(learned)
+        let remote = self
+            .remote
+            .iter()
+            .filter_map(|(_, r)| r.holds_until(clock))
+            .max();
+        pause.max(rate).max(learned).max(remote)
     }
 }

@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::Weak;
 
 use tokio::runtime::Handle;
+use tokio::time::Instant;
 
 use super::{Admit, Clock, Key};
 
@@ -77,9 +78,17 @@ pub(crate) trait Remote: Send + fmt::Debug {
     /// A job this limiter counted has ended: give its unit back (a slot; a
     /// token is spent and gives nothing back).
     fn release(&mut self);
-    /// Whether the limit has room for a job ending to unblock its lane (a slot
-    /// went back to the local pool); rates answer `false` (they wake by timer).
+    /// Whether a job ending may let this limit's blocked lane start again (a
+    /// slot went back to the local pool). A rate answers `true`: it has no
+    /// count to be under, and a lane it blocked is roused by its refill, so a
+    /// `true` costs at most a re-check.
     fn has_room(&self) -> bool;
+    /// Until when the limiter holds state that would be lost if its lane were
+    /// removed (the in-process rate that `OnError::Local` enforces, with time
+    /// owed); `None` if none past now. Tokens or slots leased from elsewhere
+    /// do not count: a lane is not kept for them (unused tokens are lost,
+    /// idle slots given back, when the lane goes).
+    fn holds_until(&self, clock: &mut Clock) -> Option<Instant>;
 }
 
 /// A remote limit's setting (`SharedRate`, `SharedConcurrency`): makes the
@@ -92,3 +101,7 @@ pub(crate) trait RemoteSpec: Send + Sync + fmt::Debug {
     /// setting (or a clone of it) keeps its limiter, and what it holds.
     fn id(&self) -> usize;
 }
+
+#[cfg(test)]
+#[path = "remote_tests.rs"]
+mod tests;

@@ -97,6 +97,9 @@ pub struct Builder {
     shared_rate: Option<crate::redis::SharedRate>,
     #[cfg(feature = "redis")]
     shared_concurrency: Option<crate::redis::SharedConcurrency>,
+    /// Remote limits for the crate's own tests (an in-memory stand-in for Redis).
+    #[cfg(test)]
+    test_remote: Vec<std::sync::Arc<dyn crate::limit::RemoteSpec>>,
 }
 
 impl Builder {
@@ -224,6 +227,16 @@ impl Builder {
         self
     }
 
+    /// A remote limit on the pool, for the crate's tests.
+    #[cfg(test)]
+    pub(crate) fn test_remote(
+        mut self,
+        spec: std::sync::Arc<dyn crate::limit::RemoteSpec>,
+    ) -> Self {
+        self.test_remote.push(spec);
+        self
+    }
+
     /// The limits every [key](crate::Key) gets unless
     /// [`Pool::set_key_limits`](crate::Pool::set_key_limits) overrides them: a
     /// concurrency cap, a rate and a queue capacity per key. Unkeyed jobs are not
@@ -308,16 +321,18 @@ impl Builder {
             return Err(LimitError::InvalidQueueShare.into());
         }
         #[allow(unused_mut)] // Without the `redis` feature nothing is pushed.
-        let mut remote: Vec<Box<dyn crate::limit::RemoteSpec>> = Vec::new();
+        let mut remote: Vec<Arc<dyn crate::limit::RemoteSpec>> = Vec::new();
+        #[cfg(test)]
+        remote.extend(self.test_remote.iter().cloned());
         #[cfg(feature = "redis")]
         {
             if let Some(c) = &self.shared_concurrency {
                 c.validate()?;
-                remote.push(Box::new(c.clone()));
+                remote.push(Arc::new(c.clone()));
             }
             if let Some(r) = &self.shared_rate {
                 r.validate()?;
-                remote.push(Box::new(r.clone()));
+                remote.push(Arc::new(r.clone()));
             }
         }
         let name: Arc<str> = self.name.as_deref().unwrap_or("taskgate").into();

@@ -292,6 +292,12 @@ impl RedisLimits {
         format!("{:016x}-{n}", self.inner.tag)
     }
 
+    /// A nonzero seed for a limiter's jitter, different per call and process.
+    pub(super) fn seed(&self) -> u64 {
+        let n = self.inner.next_holder.fetch_add(1, Ordering::Relaxed);
+        (self.inner.tag ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1
+    }
+
     /// Takes up to `n` tokens of the GCRA at `key`: as many as are available
     /// now, possibly 0 (a partial grant). Returns them and the time until the
     /// next one is due (zero if one is).

@@ -88,6 +88,9 @@ impl Eq for SharedConcurrency {}
 const MIN_TTL: Duration = Duration::from_millis(30);
 /// How long an idle slot is kept for the next job before it goes back.
 const LINGER: Duration = Duration::from_millis(1);
+/// How long a slot just granted is kept for the jobs that asked for it (they
+/// start through the timer task, a few task hops away) before it goes back.
+const FRESH_LINGER: Duration = Duration::from_millis(20);
 /// Polling a full limit: from this, doubling while refused...
 const POLL_MIN: Duration = Duration::from_millis(2);
 /// ... up to this.
@@ -181,6 +184,7 @@ impl RemoteSpec for SharedConcurrency {
                     renewing: false,
                     returning: false,
                     retired: false,
+                    orphans: Vec::new(),
                 }),
             }),
             on_error: self.on_error,
@@ -228,6 +232,9 @@ struct State {
     returning: bool,
     /// The gate was dropped: give back everything, wake nothing.
     retired: bool,
+    /// Holder ids of acquires that failed: they may hold slots (a timed-out
+    /// call may have run), given back once Redis answers again.
+    orphans: Vec<String>,
 }
 
 impl State {
@@ -304,6 +311,21 @@ impl Cell {
                     st.next_ask = None;
                 }
                 st.free.extend(ids);
+                // Slots no job takes (the jobs that waited were cancelled, or
+                // started on slots freed meanwhile) go back like idle ones.
+                if !st.free.is_empty() {
+                    self.schedule_return(&mut st, FRESH_LINGER);
+                }
+                // Ids of acquires that failed may hold slots all the same (a
+                // call that timed out may have run): Redis answers again, so
+                // give them back now rather than at their TTL.
+                let orphans = std::mem::take(&mut st.orphans);
+                if !orphans.is_empty() {
+                    let cell = self.clone();
+                    self.rouse
+                        .runtime()
+                        .spawn(async move { cell.give_back(orphans).await });
+                }
                 if st.held() > 0 && !st.renewing {
                     st.renewing = true;
                     let cell = self.clone();
@@ -312,8 +334,24 @@ impl Cell {
                         .spawn(async move { cell.renew().await });
                 }
             }
-            Err(e) => st.health.failed(&e, &self.counters, "shared concurrency"),
+            Err(e) => {
+                st.health.failed(&e, &self.counters, "shared concurrency");
+                st.orphans.extend(ids);
+            }
         }
+    }
+
+    /// Gives the idle slots back after `linger`, unless a job takes them first
+    /// (or a return is already scheduled).
+    fn schedule_return(self: &Arc<Self>, st: &mut State, linger: Duration) {
+        if st.returning {
+            return;
+        }
+        st.returning = true;
+        let cell = self.clone();
+        self.rouse
+            .runtime()
+            .spawn(async move { cell.return_idle(linger).await });
     }
 
     /// Renews every held slot each third of the TTL, while any is held.
@@ -361,9 +399,9 @@ impl Cell {
         }
     }
 
-    /// Gives the idle slots back after `LINGER`, unless a job took them.
-    async fn return_idle(self: Arc<Self>) {
-        tokio::time::sleep(LINGER).await;
+    /// Gives the idle slots back after `linger`, unless a job took them.
+    async fn return_idle(self: Arc<Self>, linger: Duration) {
+        tokio::time::sleep(linger).await;
         let ids = {
             let mut st = self.lock();
             st.returning = false;
@@ -440,20 +478,17 @@ impl Remote for SlotLimiter {
         }
         if let Some(id) = st.busy.pop() {
             st.free.push(id);
-            if !st.returning {
-                st.returning = true;
-                let cell = self.cell.clone();
-                self.cell
-                    .rouse
-                    .runtime()
-                    .spawn(async move { cell.return_idle().await });
-            }
+            self.cell.schedule_return(&mut st, LINGER);
         }
     }
 
     fn has_room(&self) -> bool {
         let st = self.cell.lock();
         !st.free.is_empty() || (st.health.failing.is_some() && self.on_error != OnError::Closed)
+    }
+
+    fn holds_until(&self, _: &mut Clock) -> Option<Instant> {
+        None
     }
 }
 
@@ -462,7 +497,8 @@ impl Drop for SlotLimiter {
         let mut st = self.cell.lock();
         st.retired = true;
         st.health.retire(&self.cell.counters);
-        let ids = st.take_all();
+        let mut ids = st.take_all();
+        ids.append(&mut st.orphans);
         drop(st);
         if !ids.is_empty() {
             let cell = self.cell.clone();

@@ -183,6 +183,8 @@ impl RemoteSpec for SharedRate {
                     health: Health::new(now),
                     local: Gcra::new(self.rate),
                     retired: false,
+                    misses: 0,
+                    seed: self.client.seed(),
                 }),
             }),
             on_error: self.on_error,
@@ -222,6 +224,27 @@ struct State {
     local: Gcra,
     /// The gate was dropped: a request in flight wakes nothing.
     retired: bool,
+    /// Recent requests that were granted nothing (decays by half on a grant).
+    misses: u32,
+    /// A xorshift state for the jitter of `pace`.
+    seed: u64,
+}
+
+/// The most a run of empty grants backs off, in leases.
+const MAX_MISSES: u32 = 4;
+/// The most jitter and back-off add to a wait, per miss (plus one).
+const MAX_EXTRA: Duration = Duration::from_millis(5);
+
+impl State {
+    /// A number in `[0, 1)`.
+    fn random(&mut self) -> f64 {
+        let mut x = self.seed;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.seed = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 impl Cell {
@@ -241,6 +264,46 @@ impl Cell {
         deadline
     }
 
+    /// When to ask again after a grant of `granted` with the next token due
+    /// in `wait` (on the server's clock). With tokens left on the server
+    /// (`wait` zero), as soon as this batch is spent. Otherwise when about half
+    /// a lease has come due, so that a round trip brings many tokens and none
+    /// is lost to a full bucket (the lease is at most the burst); later after
+    /// grants of nothing (other processes are taking the tokens: asking as often
+    /// as they do would cost every process a round trip per token), and with
+    /// some jitter, so that processes told the same `wait` do not all ask at
+    /// once.
+    fn pace(&self, st: &mut State, granted: u64, wait: Duration) -> Option<Instant> {
+        if granted == 0 {
+            st.misses = (st.misses + 1).min(MAX_MISSES);
+        } else {
+            st.misses /= 2;
+        }
+        if wait.is_zero() {
+            return None;
+        }
+        let emission = Duration::from_micros(self.params.emission_us);
+        let half = u32::try_from(self.lease.div_ceil(2)).unwrap_or(u32::MAX);
+        let base = wait + emission.saturating_mul(half - 1);
+        // Up to a quarter lease of jitter (none for a lease of 1, where the
+        // bucket holds one token and any delay loses rate), plus a lease per
+        // miss: asking at half a lease, the bucket never overflows.
+        let span = emission.saturating_mul(half);
+        let jitter = if half > 1 {
+            span.mul_f64(st.random() * 0.5)
+        } else {
+            Duration::ZERO
+        };
+        let backoff = span
+            .saturating_mul(2 * st.misses)
+            .mul_f64(0.5 + st.random());
+        // Round trips matter at high rates, where a lease spans milliseconds;
+        // at a slow rate (a token a second) a lease of delay would be felt and
+        // a round trip costs nothing: the extra delay is capped.
+        let extra = (jitter + backoff).min(MAX_EXTRA.saturating_mul(1 + st.misses));
+        Some(Instant::now() + base + extra)
+    }
+
     async fn refill(self: Arc<Self>) {
         let result = self.client.lease(&self.key, self.params, self.lease).await;
         let mut st = self.lock();
@@ -256,14 +319,7 @@ impl Cell {
                 self.counters.answered(granted);
                 st.health.answered(&self.counters);
                 st.tokens += granted;
-                st.next_ask = (granted < self.lease).then(|| {
-                    // Ask again when about half a lease has come due, so a
-                    // round trip brings many tokens, and none is lost to a full
-                    // bucket (the lease is at most the burst).
-                    let half = self.lease.div_ceil(2).saturating_sub(1);
-                    let emission = Duration::from_micros(self.params.emission_us);
-                    Instant::now() + wait + emission.saturating_mul(half as u32)
-                });
+                st.next_ask = self.pace(&mut st, granted, wait);
             }
             Err(e) => st.health.failed(&e, &self.counters, "shared rate"),
         }
@@ -324,6 +380,17 @@ impl Remote for RateLimiter {
 
     fn has_room(&self) -> bool {
         true
+    }
+
+    fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
+        // What the in-process rate owes (it is only charged under
+        // `OnError::Local`), kept like a local rate's debt so that a key idle
+        // between jobs does not get a fresh burst each time; and when to ask
+        // Redis next, so that its next job does not ask early for nothing.
+        let now = clock.now();
+        let st = self.cell.lock();
+        let owed = st.local.owed_until(now);
+        owed.max(st.next_ask.filter(|&t| t > now))
     }
 }
 

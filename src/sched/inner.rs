@@ -53,7 +53,7 @@ pub(crate) struct SchedConfig {
     pub(crate) adaptive: Option<Adaptive>,
     pub(crate) key_limits: KeyLimits,
     /// The pool's remote limits (shared through Redis).
-    pub(crate) remote: Vec<Box<dyn RemoteSpec>>,
+    pub(crate) remote: Vec<Arc<dyn RemoteSpec>>,
     /// The share of the pool's places a key may hold (`Builder::key_queue_share`).
     pub(crate) key_share: f64,
     pub(crate) aging: std::time::Duration,

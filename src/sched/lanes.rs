@@ -359,7 +359,7 @@ impl Sched {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         env: RemoteEnv,
-        pool_remote: &[Box<dyn RemoteSpec>],
+        pool_remote: &[std::sync::Arc<dyn RemoteSpec>],
         pool_rate: Option<Rate>,
         pool_adaptive: Option<Adaptive>,
         defaults: KeyLimits,
