@@ -48,17 +48,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => return Ok(()),
         },
     };
-    let redis = RedisLimits::connect(&url).await?.prefix(format!(
-        "taskgate-cost-{}",
-        std::process::id()
-    ));
+    let redis = RedisLimits::connect(&url)
+        .await?
+        .prefix(format!("taskgate-cost-{}", std::process::id()));
     let secs = Duration::from_secs_f64(args.seconds);
     let r = args.rate;
 
-    println!("SharedRate, one process, saturated, {:.1} s each:", args.seconds);
     println!(
-        "| rate | burst | lease | delivered | of the rate | starts per round trip |"
+        "SharedRate, one process, saturated, {:.1} s each:",
+        args.seconds
     );
+    println!("| rate | burst | lease | delivered | of the rate | starts per round trip |");
     println!("|---:|---:|---:|---:|---:|---:|");
     for burst in [1, r / 1000, r / 100] {
         let burst = burst.max(1);
@@ -131,7 +131,10 @@ async fn saturate_rate(
     shared: SharedRate,
     secs: Duration,
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
-    let pool = Pool::builder().workers(64).shared_rate(shared.clone()).build()?;
+    let pool = Pool::builder()
+        .workers(64)
+        .shared_rate(shared.clone())
+        .build()?;
     let before = shared.stats();
     let start = Instant::now();
     let warm = secs / 5;

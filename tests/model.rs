@@ -282,7 +282,10 @@ fn key_override() -> impl Strategy<Value = (KeyLimits, Option<AdaptiveCfg>)> {
     )
         .prop_map(|(l, raw)| {
             let cfg = raw.map(|raw| adaptive_for(raw, 3));
-            (cfg.map_or(l.clone(), |c| l.clone().adaptive(c.build())), cfg)
+            (
+                cfg.map_or(l.clone(), |c| l.clone().adaptive(c.build())),
+                cfg,
+            )
         })
 }
 
