@@ -31,10 +31,13 @@
 //! Run: `cargo run --release --example fleet --features redis` (`-- --help` for
 //! the flags; `-- --short` for one-second phases, as CI runs it). Without
 //! `redis-server` on PATH and no `REDIS_URL`, it says how to get one and exits
-//! (with 0, or 1 when `CI` is set).
+//! (with 0; with `TASKGATE_REQUIRE_REDIS=1`, as `.ci/run` sets, it fails).
+
+#[path = "../tests/support/redis_server.rs"]
+#[allow(dead_code)]
+mod redis_server;
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,22 +195,18 @@ async fn parent(args: &Args) -> Result<(), String> {
     let (url, server) = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => (url, None),
         _ => {
-            let Some(binary) = find_on_path("redis-server") else {
-                let msg = "redis-server not found: install it (apt-get install redis-server) \
-                           or set REDIS_URL=redis://host:port";
-                if std::env::var_os("CI").is_some() {
-                    return Err(msg.to_string());
-                }
-                println!("{msg}");
+            // `None` when redis-server is not installed (it printed how to
+            // install it); with TASKGATE_REQUIRE_REDIS=1, as in CI, it panics.
+            let Some(server) = redis_server::RedisServer::start() else {
+                println!("or set REDIS_URL=redis://host:port to use a running Redis");
                 return Ok(());
             };
-            let server = RedisServer::start(&binary).await?;
             (server.url(), Some(server))
         }
     };
     let redis = RedisLimits::connect(&url)
         .await
-        .map_err(|e| format!("Redis at {}: {e}", redact(&url)))?;
+        .map_err(|e| format!("Redis: {e}"))?;
     // One key prefix per run, so runs sharing a REDIS_URL never share a rate.
     let prefix = format!(
         "taskgate-fleet-{}-{}",
@@ -226,8 +225,7 @@ async fn parent(args: &Args) -> Result<(), String> {
     let addr = serve_api(api.clone()).await?;
 
     println!(
-        "redis: {}{}",
-        redact(&url),
+        "redis: {redis:?}{}",
         if server.is_some() {
             " (redis-server started by this demo)"
         } else {
@@ -611,20 +609,6 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 // ---- The API: the account's quota, enforced per request.
 
 /// `GET /api/{process}`: `200 ok` while the account is within its quota, `429`
@@ -700,95 +684,6 @@ async fn serve_api(api: Arc<Api>) -> Result<std::net::SocketAddr, String> {
         }
     });
     Ok(addr)
-}
-
-// ---- redis-server, started for the run and killed with it.
-
-/// A `redis-server` on a free loopback port, in its own temporary directory,
-/// persistence off; killed (and its directory removed) on drop.
-struct RedisServer {
-    child: std::process::Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    async fn start(binary: &std::path::Path) -> Result<RedisServer, String> {
-        let mut last = String::new();
-        // The free port may be taken before redis-server binds it: try a few.
-        for attempt in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| format!("find a free port: {e}"))?
-                .port();
-            let dir = std::env::temp_dir()
-                .join(format!("taskgate-fleet-{}-{attempt}", std::process::id()));
-            std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-            let child = std::process::Command::new(binary)
-                .args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--save", ""])
-                .args(["--appendonly", "no"])
-                .args(["--daemonize", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--logfile")
-                .arg(dir.join("redis.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("start {}: {e}", binary.display()))?;
-            let mut server = RedisServer { child, port, dir };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    last = format!("redis-server exited with {status}: {}", server.log_tail());
-                    break;
-                }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                {
-                    return Ok(server);
-                }
-                if Instant::now() > deadline {
-                    last = format!(
-                        "redis-server did not listen within 5 s: {}",
-                        server.log_tail()
-                    );
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        Err(last)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(3)..].join(" | ")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 // ---- A child: one process of the fleet.
