@@ -229,11 +229,13 @@ pub enum LimitError {
     InvalidAdaptive(AdaptiveError),
     /// A shared rate's lease of zero tokens (feature `redis`).
     ZeroLease,
-    /// A shared rate faster than one start per microsecond, the resolution of
-    /// the clock it is kept on in Redis (feature `redis`).
-    SharedRateTooFast,
-    /// A shared concurrency limit's slot TTL under 30 ms (feature `redis`).
-    TtlTooShort,
+    /// A shared rate faster than one start per microsecond (the resolution of
+    /// the clock it is kept on in Redis), or whose interval × burst does not
+    /// fit that clock's 64-bit microseconds (feature `redis`).
+    SharedRateOutOfRange,
+    /// A shared concurrency limit's slot TTL under 30 ms or over a day
+    /// (feature `redis`).
+    InvalidTtl,
 }
 
 impl fmt::Display for LimitError {
@@ -247,10 +249,10 @@ impl fmt::Display for LimitError {
             LimitError::InvalidQueueShare => "key queue share must be in (0, 1]",
             LimitError::InvalidAdaptive(e) => return fmt::Display::fmt(e, f),
             LimitError::ZeroLease => "shared rate lease must be at least 1",
-            LimitError::SharedRateTooFast => {
-                "shared rate must allow at most one start per microsecond"
+            LimitError::SharedRateOutOfRange => {
+                "shared rate must allow at most one start per microsecond, and its interval times its burst must fit in 64-bit microseconds"
             }
-            LimitError::TtlTooShort => "shared concurrency slot ttl must be at least 30 ms",
+            LimitError::InvalidTtl => "shared concurrency slot ttl must be from 30 ms to a day",
         })
     }
 }

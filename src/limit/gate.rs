@@ -19,7 +19,7 @@ pub(crate) struct Gate {
     pub(crate) adaptive: Option<Box<AdaptiveLimit>>,
     /// Limits kept elsewhere (Redis), each with its setting's identity
     /// (`RemoteSpec::id`). Empty (no allocation) unless the feature is used.
-    pub(crate) remote: Vec<(usize, Box<dyn Remote>)>,
+    pub(crate) remote: Vec<(u64, Box<dyn Remote>)>,
 }
 
 /// What a gate hears when a job it counted ends.

@@ -226,12 +226,14 @@ impl KeyLimits {
     pub(crate) fn remote_specs(&self) -> impl Iterator<Item = &dyn RemoteSpec> {
         #[cfg(feature = "redis")]
         {
+            // The rate first: a token keeps, while a slot taken and then held
+            // for a token would be idle (and given back) in the meantime.
+            let r = self.shared_rate.as_ref().map(|r| r as &dyn RemoteSpec);
             let c = self
                 .shared_concurrency
                 .as_ref()
                 .map(|c| c as &dyn RemoteSpec);
-            let r = self.shared_rate.as_ref().map(|r| r as &dyn RemoteSpec);
-            c.into_iter().chain(r)
+            r.into_iter().chain(c)
         }
         #[cfg(not(feature = "redis"))]
         std::iter::empty()

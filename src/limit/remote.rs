@@ -30,6 +30,12 @@ pub(crate) trait Wake: Send + Sync {
     /// generation `generation` and waits for one (or, for the pool's gate, the
     /// pool is blocked).
     fn rouse(&self, lane: u32, generation: u32);
+    /// Runs `f` with the pool lock held: for a limiter's task that takes away
+    /// what its `check` may have counted on (an idle slot given back), so that
+    /// no `check` → `acquire` pair, which runs under that lock, sees it go in
+    /// between. `f` may take the limiter's own lock (the lock order is pool,
+    /// then limiter) and must do nothing else.
+    fn locked(&self, f: &mut dyn FnMut());
 }
 
 /// Where a remote limiter's refill wakes: one lane (or the pool's gate) of one
@@ -48,6 +54,15 @@ impl Rouse {
     pub(crate) fn rouse(&self) {
         if let Some(pool) = self.pool.upgrade() {
             pool.rouse(self.lane, self.generation);
+        }
+    }
+
+    /// Runs `f` under the pool lock (see [`Wake::locked`]); directly if the
+    /// pool is gone (then nothing checks the limiter any more).
+    pub(crate) fn locked(&self, f: &mut dyn FnMut()) {
+        match self.pool.upgrade() {
+            Some(pool) => pool.locked(f),
+            None => f(),
         }
     }
 
@@ -95,11 +110,14 @@ pub(crate) trait Remote: Send + fmt::Debug {
 /// limiter for one gate.
 pub(crate) trait RemoteSpec: Send + Sync + fmt::Debug {
     /// The limiter for the pool's gate (`key` is `None`) or for key `key`'s
-    /// lane, waking `rouse` when its background requests end.
-    fn bind(&self, key: Option<&Key>, rouse: Rouse) -> Box<dyn Remote>;
+    /// lane, waking `rouse` when its background requests end. `running` jobs
+    /// of the gate started before it (under a limiter it replaces) will be
+    /// released to it: it must not count them as its own.
+    fn bind(&self, key: Option<&Key>, rouse: Rouse, running: usize) -> Box<dyn Remote>;
     /// The setting's identity: a lane whose limits are set again with the same
-    /// setting (or a clone of it) keeps its limiter, and what it holds.
-    fn id(&self) -> usize;
+    /// setting (or a clone of it, unchanged) keeps its limiter, and what it
+    /// holds. Differs for settings that differ in anything.
+    fn id(&self) -> u64;
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ struct Limiter {
 }
 
 impl RemoteSpec for StandIn {
-    fn bind(&self, _: Option<&Key>, rouse: Rouse) -> Box<dyn Remote> {
+    fn bind(&self, _: Option<&Key>, rouse: Rouse, _: usize) -> Box<dyn Remote> {
         Box::new(Limiter {
             spec: self.clone(),
             held: Arc::default(),
@@ -77,8 +77,8 @@ impl RemoteSpec for StandIn {
         })
     }
 
-    fn id(&self) -> usize {
-        Arc::as_ptr(&self.store) as usize
+    fn id(&self) -> u64 {
+        Arc::as_ptr(&self.store) as usize as u64
     }
 }
 

@@ -218,7 +218,7 @@ impl Builder {
     /// and a shared slot, so the pool runs at most `min(workers, slots it can
     /// get)`. See [`SharedConcurrency`](crate::redis::SharedConcurrency).
     ///
-    /// A limit of zero, or a TTL under 30 ms, makes [`build`](Builder::build)
+    /// A limit of zero, or a TTL under 30 ms or over a day, makes [`build`](Builder::build)
     /// fail with [`BuildError::InvalidLimit`].
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -326,13 +326,14 @@ impl Builder {
         remote.extend(self.test_remote.iter().cloned());
         #[cfg(feature = "redis")]
         {
-            if let Some(c) = &self.shared_concurrency {
-                c.validate()?;
-                remote.push(Arc::new(c.clone()));
-            }
+            // The rate first (see `KeyLimits::remote_specs`).
             if let Some(r) = &self.shared_rate {
                 r.validate()?;
                 remote.push(Arc::new(r.clone()));
+            }
+            if let Some(c) = &self.shared_concurrency {
+                c.validate()?;
+                remote.push(Arc::new(c.clone()));
             }
         }
         let name: Arc<str> = self.name.as_deref().unwrap_or("taskgate").into();

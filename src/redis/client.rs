@@ -125,7 +125,7 @@ pub(super) struct Link {
     url: String,
     secrets: Secrets,
     prefix: String,
-    /// This process's tag in slot holder ids.
+    /// This handle's random tag in slot holder ids.
     tag: u64,
     next_holder: AtomicU64,
 }
@@ -238,7 +238,9 @@ impl RedisLimits {
                 url: old.url.clone(),
                 secrets: old.secrets.clone(),
                 prefix: prefix.into(),
-                tag: old.tag,
+                // A tag of its own: ids from two handles never meet, even on
+                // the same prefix and name.
+                tag: process_tag(),
                 next_holder: AtomicU64::new(0),
             }),
         }

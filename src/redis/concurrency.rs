@@ -3,13 +3,14 @@
 //! from Redis, renews them while held and gives idle ones back.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::client::RedisLimits;
-use super::health::{Counters, Health};
+use super::health::{Counters, Health, after, not_before};
 use super::names::KeyKind;
 use super::{OnError, SharedStats};
 use crate::error::LimitError;
@@ -86,6 +87,9 @@ impl Eq for SharedConcurrency {}
 
 /// The shortest TTL: renewals every third of it must be able to arrive.
 const MIN_TTL: Duration = Duration::from_millis(30);
+/// The longest TTL: a day (the scripts add it to a millisecond clock, which
+/// Lua's numbers and `PEXPIRE` must hold exactly).
+const MAX_TTL: Duration = Duration::from_secs(86_400);
 /// How long an idle slot is kept for the next job before it goes back.
 const LINGER: Duration = Duration::from_millis(1);
 /// How long a slot just granted is kept for the jobs that asked for it (they
@@ -111,8 +115,8 @@ impl SharedConcurrency {
         }
     }
 
-    /// How long a slot lasts in Redis unless renewed (default 10 s, at least
-    /// 30 ms); renewed every third of it while held. A crashed process's slots
+    /// How long a slot lasts in Redis unless renewed (default 10 s; from 30 ms
+    /// to a day); renewed every third of it while held. A crashed process's slots
     /// come back within the TTL plus a third.
     pub fn ttl(mut self, ttl: Duration) -> SharedConcurrency {
         self.ttl = ttl;
@@ -155,15 +159,15 @@ impl SharedConcurrency {
         if self.limit == 0 {
             return Err(LimitError::ZeroConcurrency);
         }
-        if self.ttl < MIN_TTL {
-            return Err(LimitError::TtlTooShort);
+        if self.ttl < MIN_TTL || self.ttl > MAX_TTL {
+            return Err(LimitError::InvalidTtl);
         }
         Ok(())
     }
 }
 
 impl RemoteSpec for SharedConcurrency {
-    fn bind(&self, key: Option<&Key>, rouse: Rouse) -> Box<dyn Remote> {
+    fn bind(&self, key: Option<&Key>, rouse: Rouse, running: usize) -> Box<dyn Remote> {
         Box::new(SlotLimiter {
             cell: Arc::new(Cell {
                 client: self.client.clone(),
@@ -177,7 +181,9 @@ impl RemoteSpec for SharedConcurrency {
                 state: Mutex::new(State {
                     free: Vec::new(),
                     busy: Vec::new(),
-                    unheld: 0,
+                    // Jobs started under a limiter this one replaces hold no
+                    // slot of it.
+                    unheld: running,
                     next_ask: None,
                     poll: POLL_MIN,
                     health: Health::new(Instant::now()),
@@ -191,8 +197,11 @@ impl RemoteSpec for SharedConcurrency {
         })
     }
 
-    fn id(&self) -> usize {
-        Arc::as_ptr(&self.counters) as *const () as usize
+    fn id(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        (Arc::as_ptr(&self.counters) as *const () as usize).hash(&mut h);
+        (&*self.name, self.limit, self.ttl, self.on_error).hash(&mut h);
+        h.finish()
     }
 }
 
@@ -257,12 +266,13 @@ impl Cell {
 
     /// Starts an acquire request in the background; nothing here waits.
     fn ask(self: &Arc<Self>, st: &mut State, now: Instant) -> Instant {
-        let deadline = now + self.client.call_timeout();
+        let deadline = after(now, self.client.call_timeout());
         st.health.ask(deadline);
         // One more slot than the running jobs hold, up to a batch: a busy
         // gate ramps up in few round trips, and an unused surplus goes back
         // after `LINGER`.
-        let want = (st.busy.len() + 1).min(BATCH_MAX).min(self.limit);
+        let room = self.limit.saturating_sub(st.busy.len() + st.unheld);
+        let want = (st.busy.len() + 1).min(BATCH_MAX).min(room).max(1);
         let ids: Vec<String> = (0..want).map(|_| self.client.holder_id()).collect();
         let cell = self.clone();
         self.rouse
@@ -381,17 +391,28 @@ impl Cell {
                         .map(|(id, _)| id)
                         .collect();
                     if !lost.is_empty() {
-                        self.counters.lost(lost.len() as u64);
-                        tracing::warn!(
-                            lost = lost.len(),
-                            "taskgate: shared concurrency slots expired before renewal"
-                        );
-                        let mut st = self.lock();
-                        st.free.retain(|id| !lost.contains(&id));
-                        let before = st.busy.len();
-                        st.busy.retain(|id| !lost.contains(&id));
-                        // Their jobs run on, holding no slot.
-                        st.unheld += before - st.busy.len();
+                        // Under the pool lock: a `check` that saw an idle slot
+                        // must find it at its `acquire`.
+                        let mut gone = 0;
+                        self.rouse.locked(&mut || {
+                            let mut st = self.lock();
+                            // Slots given back meanwhile were not lost.
+                            let free = st.free.len();
+                            st.free.retain(|id| !lost.contains(&id));
+                            let busy = st.busy.len();
+                            st.busy.retain(|id| !lost.contains(&id));
+                            let busy_lost = busy - st.busy.len();
+                            // Their jobs run on, holding no slot.
+                            st.unheld += busy_lost;
+                            gone = free - st.free.len() + busy_lost;
+                        });
+                        if gone > 0 {
+                            self.counters.lost(gone as u64);
+                            tracing::warn!(
+                                lost = gone,
+                                "taskgate: shared concurrency slots expired before renewal"
+                            );
+                        }
                     }
                 }
                 Err(_) => self.counters.failed(),
@@ -402,11 +423,14 @@ impl Cell {
     /// Gives the idle slots back after `linger`, unless a job took them.
     async fn return_idle(self: Arc<Self>, linger: Duration) {
         tokio::time::sleep(linger).await;
-        let ids = {
+        let mut ids = Vec::new();
+        // Under the pool lock: a `check` that saw an idle slot must find it at
+        // its `acquire`.
+        self.rouse.locked(&mut || {
             let mut st = self.lock();
             st.returning = false;
-            std::mem::take(&mut st.free)
-        };
+            ids = std::mem::take(&mut st.free);
+        });
         self.give_back(ids).await;
     }
 
@@ -434,28 +458,42 @@ impl fmt::Debug for SlotLimiter {
 impl Remote for SlotLimiter {
     fn check(&self, clock: &mut Clock) -> Admit {
         let mut st = self.cell.lock();
-        if !st.free.is_empty() {
-            return Admit::Now;
-        }
+        // This process's own running jobs, those that hold no slot (started
+        // under the policy, or whose slot expired) included.
+        let own = st.busy.len() + st.unheld;
+        let room = own < self.cell.limit;
         let now = clock.now();
-        if st.health.failing.is_some() {
-            if st.health.probe_due(now) {
-                self.cell.ask(&mut st, now);
+        if st.health.failing.is_none() {
+            if !room {
+                // Only a job ending makes room (an idle slot would take this
+                // process over the limit: it goes back).
+                return Admit::OnRelease;
             }
-            return match self.on_error {
-                OnError::Open => Admit::Now,
-                OnError::Local if st.busy.len() + st.unheld < self.cell.limit => Admit::Now,
-                OnError::Local => Admit::OnRelease,
-                OnError::Closed => Admit::At(st.health.asking.unwrap_or(st.health.next_probe)),
-            };
+            if !st.free.is_empty() {
+                return Admit::Now;
+            }
+            if let Some(deadline) = st.health.asking {
+                return Admit::At(not_before(deadline, now));
+            }
+            if let Some(t) = st.next_ask.filter(|&t| t > now) {
+                return Admit::At(t);
+            }
+            return Admit::At(self.cell.ask(&mut st, now));
         }
-        if let Some(deadline) = st.health.asking {
-            return Admit::At(deadline);
+        if st.health.probe_due(now) {
+            self.cell.ask(&mut st, now);
         }
-        if let Some(t) = st.next_ask.filter(|&t| t > now) {
-            return Admit::At(t);
+        match self.on_error {
+            OnError::Open => Admit::Now,
+            _ if !room => Admit::OnRelease,
+            // Slots held from before the failure are still held.
+            _ if !st.free.is_empty() => Admit::Now,
+            OnError::Local => Admit::Now,
+            OnError::Closed => Admit::At(not_before(
+                st.health.asking.unwrap_or(st.health.next_probe),
+                now,
+            )),
         }
-        Admit::At(self.cell.ask(&mut st, now))
     }
 
     fn acquire(&mut self, _: &mut Clock) {
@@ -484,7 +522,12 @@ impl Remote for SlotLimiter {
 
     fn has_room(&self) -> bool {
         let st = self.cell.lock();
-        !st.free.is_empty() || (st.health.failing.is_some() && self.on_error != OnError::Closed)
+        let room = st.busy.len() + st.unheld < self.cell.limit;
+        match (st.health.failing, self.on_error) {
+            (Some(_), OnError::Open) => true,
+            (Some(_), OnError::Closed) => room && !st.free.is_empty(),
+            _ => room,
+        }
     }
 
     fn holds_until(&self, _: &mut Clock) -> Option<Instant> {

@@ -148,6 +148,17 @@ impl Counters {
     }
 }
 
+/// `now + d`, or a time that will not come if that overflows.
+pub(super) fn after(now: Instant, d: Duration) -> Instant {
+    crate::limit::after(now, d)
+}
+
+/// A wait until `t`, but at least a millisecond: a request whose deadline has
+/// passed while its task has not yet run must not make the lane spin.
+pub(super) fn not_before(t: Instant, now: Instant) -> Instant {
+    t.max(now + Duration::from_millis(1))
+}
+
 /// How often a failing limit asks Redis again, while jobs wait for it.
 pub(super) const PROBE_EVERY: Duration = Duration::from_millis(200);
 

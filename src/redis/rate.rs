@@ -2,13 +2,14 @@
 //! uses its name; and its limiter, which leases tokens in batches.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::client::{GcraParams, RedisLimits};
-use super::health::{Counters, Health};
+use super::health::{Counters, Health, after, not_before};
 use super::names::KeyKind;
 use super::{OnError, SharedStats};
 use crate::error::LimitError;
@@ -32,12 +33,20 @@ use crate::limit::{Admit, Clock, Gcra, Key, Limiter, Rate, Remote, RemoteSpec, R
 /// again when about half a lease has come due.
 ///
 /// **The bound.** Over any window of length `t`, the fleet starts at most
-/// `burst + r·t + P·lease` jobs, where `P` is the number of processes (each may
-/// start the tokens it leased before the window inside it). The lease is at most
-/// the burst (Redis never holds more than `burst` tokens), so give the rate a
-/// burst of at least the lease you want: with a burst of 1 every start costs a
-/// round trip. About 10 ms of the rate, e.g. `Rate::per_second(10_000).burst(100)`,
-/// lets a saturated fleet reach its rate with one round trip per tens of starts.
+/// `burst + r·t + P·lease` jobs, where `P` is the number of gates bound to the
+/// name: one per pool (in any process) for [`Builder::shared_rate`](crate::Builder::shared_rate),
+/// one per pool and key for [`KeyLimits::shared_rate`](crate::KeyLimits::shared_rate).
+/// Each may start the tokens it leased before the window inside it.
+///
+/// **Delivery.** The lease is at most the burst (Redis never holds more than
+/// `burst` tokens), so give the rate a burst of at least the lease you want.
+/// With a burst of 1, each token costs a round trip or two, and each is taken
+/// late by the round trip and the timer's lateness (tokio's timer ticks in
+/// milliseconds) and that lateness is lost: one process delivers about
+/// `1 / (interval + lateness)`, under the rate. About 10 ms of the rate as the
+/// burst, e.g. `Rate::per_second(10_000).burst(100)`, lets a saturated process
+/// reach its rate with a round trip per tens of starts (BENCHMARKS.md, "Shared
+/// limits"); with P processes competing, each asks about P times as often.
 ///
 /// **With a local rate.** A pool (or key) with both [`Builder::rate_limit`] and a
 /// shared rate starts a job when both allow it, and the job counts once against
@@ -157,14 +166,14 @@ impl SharedRate {
             return Err(LimitError::ZeroLease);
         }
         if GcraParams::of(self.rate).is_none() {
-            return Err(LimitError::SharedRateTooFast);
+            return Err(LimitError::SharedRateOutOfRange);
         }
         Ok(())
     }
 }
 
 impl RemoteSpec for SharedRate {
-    fn bind(&self, key: Option<&Key>, rouse: Rouse) -> Box<dyn Remote> {
+    fn bind(&self, key: Option<&Key>, rouse: Rouse, _running: usize) -> Box<dyn Remote> {
         let now = Instant::now();
         let params = GcraParams::of(self.rate).expect("validated when the limit was set");
         Box::new(RateLimiter {
@@ -191,8 +200,11 @@ impl RemoteSpec for SharedRate {
         })
     }
 
-    fn id(&self) -> usize {
-        Arc::as_ptr(&self.counters) as *const () as usize
+    fn id(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        (Arc::as_ptr(&self.counters) as *const () as usize).hash(&mut h);
+        (&*self.name, self.rate, self.lease, self.on_error).hash(&mut h);
+        h.finish()
     }
 }
 
@@ -255,7 +267,7 @@ impl Cell {
     /// Starts a lease request in the background; the caller holds the state
     /// (and maybe the pool lock): nothing here waits.
     fn ask(self: &Arc<Self>, st: &mut State, now: Instant) -> Instant {
-        let deadline = now + self.client.call_timeout();
+        let deadline = after(now, self.client.call_timeout());
         st.health.ask(deadline);
         let cell = self.clone();
         self.rouse
@@ -301,7 +313,7 @@ impl Cell {
         // at a slow rate (a token a second) a lease of delay would be felt and
         // a round trip costs nothing: the extra delay is capped.
         let extra = (jitter + backoff).min(MAX_EXTRA.saturating_mul(1 + st.misses));
-        Some(Instant::now() + base + extra)
+        Some(after(Instant::now(), base.saturating_add(extra)))
     }
 
     async fn refill(self: Arc<Self>) {
@@ -351,11 +363,14 @@ impl Remote for RateLimiter {
             return match self.on_error {
                 OnError::Open => Admit::Now,
                 OnError::Local => Limiter::check(&st.local, clock),
-                OnError::Closed => Admit::At(st.health.asking.unwrap_or(st.health.next_probe)),
+                OnError::Closed => Admit::At(not_before(
+                    st.health.asking.unwrap_or(st.health.next_probe),
+                    now,
+                )),
             };
         }
         if let Some(deadline) = st.health.asking {
-            return Admit::At(deadline);
+            return Admit::At(not_before(deadline, now));
         }
         if let Some(t) = st.next_ask.filter(|&t| t > now) {
             return Admit::At(t);

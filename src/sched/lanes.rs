@@ -343,13 +343,16 @@ impl RemoteEnv {
         generation: u32,
     ) {
         let mut old = std::mem::take(&mut gate.remote);
+        // Jobs running now release to the new limiters too.
+        let running = gate.concurrency.running;
         for spec in specs {
             let id = spec.id();
             match old.iter().position(|(i, _)| *i == id) {
                 Some(at) => gate.remote.push(old.swap_remove(at)),
-                None => gate
-                    .remote
-                    .push((id, spec.bind(key, self.rouse(li, generation)))),
+                None => {
+                    let rouse = self.rouse(li, generation);
+                    gate.remote.push((id, spec.bind(key, rouse, running)));
+                }
             }
         }
     }

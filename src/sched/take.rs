@@ -124,6 +124,12 @@ impl Sched {
                 // pool's limit hears the overload without it.
                 self.pool.release(&done.without_retry_after(), tickets.pool);
             }
+            // A shared slot the job gave back may let a pool blocked on its
+            // shared limit start again at once, without a round trip (`pick`
+            // checks every limit again).
+            if self.pool_blocked.is_some() && !self.pool.remote.is_empty() && self.pool.has_room() {
+                self.pool_blocked = None;
+            }
         }
         if li == UNKEYED {
             // Counted nothing in `pick`; never collected.

@@ -184,4 +184,9 @@ impl Wake for Inner {
         drop(st);
         self.timer(act);
     }
+
+    fn locked(&self, f: &mut dyn FnMut()) {
+        let _st = self.lock();
+        f();
+    }
 }
