@@ -15,7 +15,7 @@
 //! let pool = Pool::builder()
 //!     .workers(64)
 //!     // 1 000 calls a second to the API, across every replica...
-//!     .shared_rate(redis.rate("api", Rate::per_second(1_000).burst(10)))
+//!     .shared_rate(redis.rate("api", Rate::per_second(1_000).burst(20)))
 //!     // ... at most 5 a second per host, across every replica...
 //!     .key_limits(KeyLimits::new().shared_rate(redis.rate("per-host", Rate::per_second(5))))
 //!     // ... and at most 200 in flight at once, across every replica.

@@ -43,10 +43,12 @@ use crate::limit::{Admit, Clock, Gcra, Key, Limiter, Rate, Remote, RemoteSpec, R
 /// With a burst of 1, each token costs a round trip or two, and each is taken
 /// late by the round trip and the timer's lateness (tokio's timer ticks in
 /// milliseconds) and that lateness is lost: one process delivers about
-/// `1 / (interval + lateness)`, under the rate. About 10 ms of the rate as the
-/// burst, e.g. `Rate::per_second(10_000).burst(100)`, lets a saturated process
-/// reach its rate with a round trip per tens of starts (BENCHMARKS.md, "Shared
-/// limits"); with P processes competing, each asks about P times as often.
+/// `1 / (interval + lateness)`, under the rate. A burst of 10 ms of the rate,
+/// e.g. `Rate::per_second(10_000).burst(100)`, lets a saturated process reach
+/// its rate with a round trip per tens of starts; with several processes
+/// competing, give it about 20 ms (twice the default lease), so that a process
+/// asking a little late does not find the bucket overflowed (BENCHMARKS.md,
+/// "Shared limits").
 ///
 /// **With a local rate.** A pool (or key) with both [`Builder::rate_limit`] and a
 /// shared rate starts a job when both allow it, and the job counts once against
