@@ -68,25 +68,6 @@ fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
-/// The binary, found as the harness finds it (only to ask it about TLS; the
-/// harness decides what a missing binary means).
-fn find_binary() -> Option<PathBuf> {
-    let is_file = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file());
-    if let Some(p) = std::env::var_os("TASKGATE_REDIS_SERVER") {
-        let p = PathBuf::from(p);
-        return is_file(&p).then_some(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([
-            "/usr/bin".into(),
-            "/usr/local/bin".into(),
-            "/usr/sbin".into(),
-        ])
-        .map(|d| d.join("redis-server"))
-        .find(|p| is_file(p))
-}
-
 /// The `redis-server` arguments that turn TLS on, on `tls_port`, with the
 /// test certificate and no client certificates asked for.
 fn tls_args(tls_port: u16) -> Vec<String> {
@@ -206,7 +187,7 @@ impl TlsServer {
     /// Starts one (with `extra` arguments), or returns `None` where the test
     /// is skipped: no redis-server (the harness's rule), or one without TLS.
     fn start(extra: &[&str]) -> Option<TlsServer> {
-        if let Some(binary) = find_binary()
+        if let Some(binary) = redis_server::find_binary()
             && let Err(why) = tls_support(&binary)
         {
             if require_redis() {

@@ -235,7 +235,9 @@ impl Drop for RedisServer {
     }
 }
 
-fn find_binary() -> Option<PathBuf> {
+/// The `redis-server` binary: `TASKGATE_REDIS_SERVER`, or the first on `PATH`
+/// (or in the usual system folders).
+pub fn find_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("TASKGATE_REDIS_SERVER") {
         let p = PathBuf::from(p);
         return is_file(&p).then_some(p);
