@@ -286,26 +286,32 @@ impl Cell {
             .client
             .acquire(&self.key, &ids, self.limit as u64, self.ttl)
             .await;
-        let retired = self.lock().retired;
-        if retired {
-            if let Ok((granted, _)) = result {
-                self.counters.answered(granted as u64);
-                ids.truncate(granted);
-                self.give_back(ids).await;
-            }
-            return;
+        if self.settle(result, &mut ids) {
+            self.rouse.rouse();
+        } else {
+            // The gate is gone: what was granted goes back at once.
+            self.give_back(ids).await;
         }
-        self.settle(result, ids);
-        self.rouse.rouse();
     }
 
-    /// Takes an acquire's answer into the state.
+    /// Takes an acquire's answer into the state. `false` if the gate was
+    /// dropped meanwhile: then `ids` is left holding the granted ids.
     fn settle(
         self: &Arc<Self>,
         result: Result<(usize, Option<Duration>), super::RedisError>,
-        mut ids: Vec<String>,
-    ) {
+        ids: &mut Vec<String>,
+    ) -> bool {
         let mut st = self.lock();
+        if st.retired {
+            match result {
+                Ok((granted, _)) => {
+                    self.counters.answered(granted as u64);
+                    ids.truncate(granted);
+                }
+                Err(_) => ids.clear(),
+            }
+            return false;
+        }
         match result {
             Ok((granted, wait)) => {
                 self.counters.answered(granted as u64);
@@ -320,7 +326,7 @@ impl Cell {
                     st.poll = POLL_MIN;
                     st.next_ask = None;
                 }
-                st.free.extend(ids);
+                st.free.append(ids);
                 // Slots no job takes (the jobs that waited were cancelled, or
                 // started on slots freed meanwhile) go back like idle ones.
                 if !st.free.is_empty() {
@@ -346,9 +352,10 @@ impl Cell {
             }
             Err(e) => {
                 st.health.failed(&e, &self.counters, "shared concurrency");
-                st.orphans.extend(ids);
+                st.orphans.append(ids);
             }
         }
+        true
     }
 
     /// Gives the idle slots back after `linger`, unless a job takes them first
