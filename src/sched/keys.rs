@@ -56,8 +56,8 @@ impl Sched {
         self.key_capacity = ((places as f64 * self.key_share).floor() as usize).max(1);
     }
 
-    pub(super) fn limits_of(&self, key: &Key) -> KeyLimits {
-        self.overrides.get(key).unwrap_or(&self.defaults).clone()
+    pub(super) fn limits_of(&self, key: &Key) -> &KeyLimits {
+        self.overrides.get(key).unwrap_or(&self.defaults)
     }
 
     /// Submitters wait for `key`'s queue: report the key (in `freed`) when one of
@@ -77,7 +77,9 @@ impl Sched {
     }
 
     pub(super) fn create_lane(&mut self, key: &Key) -> u32 {
-        let limits = self.limits_of(key);
+        // A copy: the lane is built while `self` is borrowed mutably. (Cheap:
+        // plain fields, and `Arc`s for shared limits.)
+        let limits = self.limits_of(key).clone();
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let lane = match self.spare.pop() {
