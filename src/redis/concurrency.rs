@@ -3,14 +3,13 @@
 //! from Redis, renews them while held and gives idle ones back.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::client::RedisLimits;
-use super::health::{Counters, Health, after, not_before};
+use super::health::{Counters, Health, after, spec_id};
 use super::names::KeyKind;
 use super::{OnError, SharedStats};
 use crate::error::LimitError;
@@ -198,10 +197,10 @@ impl RemoteSpec for SharedConcurrency {
     }
 
     fn id(&self) -> u64 {
-        let mut h = std::hash::DefaultHasher::new();
-        (Arc::as_ptr(&self.counters) as *const () as usize).hash(&mut h);
-        (&*self.name, self.limit, self.ttl, self.on_error).hash(&mut h);
-        h.finish()
+        spec_id(
+            &self.counters,
+            (&*self.name, self.limit, self.ttl, self.on_error),
+        )
     }
 }
 
@@ -479,13 +478,10 @@ impl Remote for SlotLimiter {
             if !st.free.is_empty() {
                 return Admit::Now;
             }
-            if let Some(deadline) = st.health.asking {
-                return Admit::At(not_before(deadline, now));
-            }
-            if let Some(t) = st.next_ask.filter(|&t| t > now) {
-                return Admit::At(t);
-            }
-            return Admit::At(self.cell.ask(&mut st, now));
+            return match st.health.wait(st.next_ask, now) {
+                Some(t) => Admit::At(t),
+                None => Admit::At(self.cell.ask(&mut st, now)),
+            };
         }
         if st.health.probe_due(now) {
             self.cell.ask(&mut st, now);
@@ -496,10 +492,7 @@ impl Remote for SlotLimiter {
             // Slots held from before the failure are still held.
             _ if !st.free.is_empty() => Admit::Now,
             OnError::Local => Admit::Now,
-            OnError::Closed => Admit::At(not_before(
-                st.health.asking.unwrap_or(st.health.next_probe),
-                now,
-            )),
+            OnError::Closed => Admit::At(st.health.closed_until(now)),
         }
     }
 

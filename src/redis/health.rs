@@ -1,6 +1,8 @@
 //! What a shared limit does while Redis fails ([`OnError`]), how it knows it is
 //! failing (`Health`), and what it counts ([`SharedStats`], `Counters`).
 
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -155,8 +157,17 @@ pub(super) fn after(now: Instant, d: Duration) -> Instant {
 
 /// A wait until `t`, but at least a millisecond: a request whose deadline has
 /// passed while its task has not yet run must not make the lane spin.
-pub(super) fn not_before(t: Instant, now: Instant) -> Instant {
+fn not_before(t: Instant, now: Instant) -> Instant {
     t.max(now + Duration::from_millis(1))
+}
+
+/// A setting's identity (`RemoteSpec::id`): its counters, which its clones
+/// share, and every field, so that a changed clone is another setting.
+pub(super) fn spec_id(counters: &Arc<Counters>, fields: impl Hash) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (Arc::as_ptr(counters) as usize).hash(&mut h);
+    fields.hash(&mut h);
+    h.finish()
 }
 
 /// How often a failing limit asks Redis again, while jobs wait for it.
@@ -185,6 +196,22 @@ impl Health {
     /// A request starts now; it answers (or fails) by `deadline`.
     pub(super) fn ask(&mut self, deadline: Instant) {
         self.asking = Some(deadline);
+    }
+
+    /// Healthy and holding nothing: when the lane should look again (a
+    /// request is in flight, or Redis said when to ask), or `None` if a
+    /// request should go out now.
+    pub(super) fn wait(&self, next_ask: Option<Instant>, now: Instant) -> Option<Instant> {
+        match self.asking {
+            Some(deadline) => Some(not_before(deadline, now)),
+            None => next_ask.filter(|&t| t > now),
+        }
+    }
+
+    /// Failing under [`OnError::Closed`]: when the lane should look again (the
+    /// probe in flight, or the next one).
+    pub(super) fn closed_until(&self, now: Instant) -> Instant {
+        not_before(self.asking.unwrap_or(self.next_probe), now)
     }
 
     /// Whether a probe may go out now (failing, none in flight, and due).

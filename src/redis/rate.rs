@@ -2,14 +2,13 @@
 //! uses its name; and its limiter, which leases tokens in batches.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::client::{GcraParams, RedisLimits};
-use super::health::{Counters, Health, after, not_before};
+use super::health::{Counters, Health, after, spec_id};
 use super::names::KeyKind;
 use super::{OnError, SharedStats};
 use crate::error::LimitError;
@@ -203,10 +202,10 @@ impl RemoteSpec for SharedRate {
     }
 
     fn id(&self) -> u64 {
-        let mut h = std::hash::DefaultHasher::new();
-        (Arc::as_ptr(&self.counters) as *const () as usize).hash(&mut h);
-        (&*self.name, self.rate, self.lease, self.on_error).hash(&mut h);
-        h.finish()
+        spec_id(
+            &self.counters,
+            (&*self.name, self.rate, self.lease, self.on_error),
+        )
     }
 }
 
@@ -365,19 +364,13 @@ impl Remote for RateLimiter {
             return match self.on_error {
                 OnError::Open => Admit::Now,
                 OnError::Local => Limiter::check(&st.local, clock),
-                OnError::Closed => Admit::At(not_before(
-                    st.health.asking.unwrap_or(st.health.next_probe),
-                    now,
-                )),
+                OnError::Closed => Admit::At(st.health.closed_until(now)),
             };
         }
-        if let Some(deadline) = st.health.asking {
-            return Admit::At(not_before(deadline, now));
+        match st.health.wait(st.next_ask, now) {
+            Some(t) => Admit::At(t),
+            None => Admit::At(self.cell.ask(&mut st, now)),
         }
-        if let Some(t) = st.next_ask.filter(|&t| t > now) {
-            return Admit::At(t);
-        }
-        Admit::At(self.cell.ask(&mut st, now))
     }
 
     fn acquire(&mut self, clock: &mut Clock) {
