@@ -3,6 +3,8 @@
 //! by kind and name, against a real `redis-server`.
 #![cfg(all(feature = "redis", feature = "metrics"))]
 
+mod support;
+
 #[path = "support/redis_server.rs"]
 #[allow(dead_code)]
 mod redis_server;
@@ -10,18 +12,9 @@ mod redis_server;
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
+use support::prometheus_sample as sample;
 use taskgate::redis::{OnError, RedisLimits};
 use taskgate::{Pool, Rate};
-
-/// The value of the sample `name` whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .find(|l| labels.iter().all(|lab| l.contains(lab)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_limits_export_their_counters() {

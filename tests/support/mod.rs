@@ -243,3 +243,14 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// In a Prometheus text exposition, the value of the sample whose name is `name`
+/// and whose labels include all of `labels` (the metrics tests).
+pub fn prometheus_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|lab| l.contains(lab)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
