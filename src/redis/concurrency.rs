@@ -49,6 +49,15 @@ use crate::limit::{Admit, Clock, Key, Remote, RemoteSpec, Rouse};
 /// backing off to 50 ms while refused.
 ///
 /// Cheap to clone; clones share their counters ([`stats`](SharedConcurrency::stats)).
+///
+/// # Jobs that leave, and drop
+///
+/// A job takes a slot only when it starts: one cancelled, or timed out in the
+/// queue, takes none. A running job gives its slot back when it ends, however
+/// it ends: completed, cancelled, timed out or panicked. Dropping a
+/// `SharedConcurrency` drops only the setting; pools built with it keep their
+/// limit. When a pool, or a key's state, goes, its idle slots are given back
+/// at once.
 #[derive(Clone)]
 pub struct SharedConcurrency {
     client: RedisLimits,

@@ -59,6 +59,14 @@ use crate::limit::{Admit, Clock, Gcra, Key, Limiter, Rate, Remote, RemoteSpec, R
 ///
 /// Cheap to clone; clones share their counters ([`stats`](SharedRate::stats)).
 ///
+/// # Jobs that leave, and drop
+///
+/// A job takes a token only when it starts: one cancelled, or timed out in the
+/// queue, takes none. A token is spent when its job starts, whatever the job
+/// does next. Dropping a `SharedRate` drops only the setting; pools built with
+/// it keep their limit. Tokens a pool leased and did not start are lost when
+/// the pool, or the key's state, goes.
+///
 /// [`Builder::rate_limit`]: crate::Builder::rate_limit
 #[derive(Clone)]
 pub struct SharedRate {
