@@ -1107,3 +1107,55 @@ fn a_closure_timed_out_before_its_thread_came_never_runs() {
         assert_eq!((s.timed_out, s.completed, s.busy), (1, 0, 0));
     });
 }
+
+/// An output whose `Drop` checks, from another thread, whether the pool's lock
+/// is free: a `stats()` that cannot finish within a second means the output
+/// is being dropped with the lock held.
+struct ChecksTheLock {
+    pool: Pool,
+    under_lock: Arc<AtomicBool>,
+}
+
+impl Drop for ChecksTheLock {
+    fn drop(&mut self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pool = self.pool.clone();
+        std::thread::spawn(move || {
+            let _ = pool.stats();
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(Duration::from_secs(1)).is_err() {
+            self.under_lock.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A finished closure's output whose handle is dropped unread is dropped with
+/// the handle, never by the worker clearing its slot under the pool lock (the
+/// slot holds the closure's cell weakly, for abort).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_output_is_never_dropped_under_the_pool_lock() {
+    let pool = Pool::builder().workers(1).build().unwrap();
+    let under_lock = Arc::new(AtomicBool::new(false));
+    for _ in 0..20 {
+        let (p, flag) = (pool.clone(), under_lock.clone());
+        let h = pool
+            .submit_blocking(move || ChecksTheLock {
+                pool: p,
+                under_lock: flag,
+            })
+            .await
+            .ok()
+            .unwrap();
+        while !h.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        drop(h);
+        // The next job makes the worker clear its slot.
+        assert_eq!(pool.run(async { 1 }).await, Ok(1));
+    }
+    assert!(
+        !under_lock.load(Ordering::SeqCst),
+        "an output was dropped with the pool lock held"
+    );
+}

@@ -8,8 +8,8 @@
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -73,7 +73,7 @@ pub(crate) trait Job: Send {
 
     /// For a job that runs inline, its cell, through which the pool's abort
     /// resolves the handle while the closure runs.
-    fn inline_cell(&self) -> Option<Arc<dyn Resolve>>;
+    fn inline_cell(&self) -> Option<Weak<dyn Resolve>>;
 
     /// Marks the job started, under the scheduler's lock when a worker takes it.
     /// Returns `false` if its caller cancelled it first: it must not run, and it
@@ -259,9 +259,14 @@ impl<W: Work> Job for Task<W, W::Output> {
         self.work.is_none()
     }
 
-    fn inline_cell(&self) -> Option<Arc<dyn Resolve>> {
+    fn inline_cell(&self) -> Option<Weak<dyn Resolve>> {
         if W::INLINE {
-            self.shared.clone().map(|s| s as Arc<dyn Resolve>)
+            // Weak: the slot must not be what keeps the cell, with the
+            // job's output, alive, or the output would be dropped under the
+            // pool lock when the slot is cleared.
+            self.shared
+                .as_ref()
+                .map(|s| Arc::downgrade(s) as Weak<dyn Resolve>)
         } else {
             None
         }

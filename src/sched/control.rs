@@ -1,7 +1,7 @@
 //! The pool's control operations on [`Inner`]: pause, key limits and key stats,
 //! close, abort, resize, drain and stats.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::sync::atomic::Ordering;
 use std::task::Waker;
 use std::time::Duration;
@@ -105,7 +105,7 @@ impl Inner {
                     wakers.push(w.clone());
                 }
                 // A blocking closure cannot see the flag until it returns.
-                inline.extend(slot.inline.clone());
+                inline.extend(slot.inline.as_ref().and_then(Weak::upgrade));
             }
             drained
         };

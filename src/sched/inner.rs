@@ -439,9 +439,7 @@ impl Inner {
     ) -> Poll<Option<Queued>> {
         let slot = st.slots[idx].as_mut().expect("worker slot exists");
         slot.running = None;
-        if slot.inline.is_some() {
-            slot.inline = None;
-        }
+        slot.inline = None;
         match &slot.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => slot.waker = Some(cx.waker().clone()),

@@ -4,7 +4,7 @@
 //! it: whom to wake or spawn (`dispatch`), which waiter gets a freed place
 //! (`grant`, `take_back`), whether the timer task must start.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::Waker;
 
 use crate::job::Resolve;
@@ -24,8 +24,9 @@ pub(super) struct Slot {
     /// The id of the job this worker holds, so a cancel can find and wake it.
     pub(super) running: Option<u64>,
     /// The cell of the blocking closure this worker holds, which no wake can
-    /// interrupt: the pool's abort resolves its handle through it.
-    pub(super) inline: Option<Arc<dyn Resolve>>,
+    /// interrupt: the pool's abort resolves its handle through it. Weak, so
+    /// that clearing it under the lock never drops a job's output there.
+    pub(super) inline: Option<Weak<dyn Resolve>>,
     pub(super) shard: Arc<Shard>,
 }
 
