@@ -457,16 +457,14 @@ impl Pool {
     /// # }
     /// ```
     pub fn set_key_limits(&self, key: impl Into<Key>, limits: KeyLimits) -> Result<(), LimitError> {
-        // An adaptive limit's `max` is capped at the pool's size now.
-        limits.validate(self.inner().stats().workers)?;
-        self.inner().set_key_limits(key.into(), Some(limits));
-        Ok(())
+        self.inner().set_key_limits(key.into(), Some(limits))
     }
 
     /// Removes the override set with [`set_key_limits`](Pool::set_key_limits): the
     /// key goes back to the default key limits.
     pub fn clear_key_limits(&self, key: impl Into<Key>) {
-        self.inner().set_key_limits(key.into(), None);
+        // Nothing to check: the key goes back to the validated defaults.
+        let _ = self.inner().set_key_limits(key.into(), None);
     }
 
     /// A snapshot of `key`'s state and counters, or `None` if the key has no state:

@@ -1,14 +1,14 @@
 //! The pool's control operations on [`Inner`]: pause, key limits and key stats,
 //! close, abort, resize, drain and stats.
 
-use std::sync::{Arc, Weak};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::JobError;
+use crate::error::{JobError, LimitError};
 use crate::job::Early;
 use crate::limit::{Clock, Done, Key, KeyLimits, KeyStats, after};
 use crate::stats::{Ending, Stats};
@@ -41,11 +41,21 @@ impl Inner {
         self.lock().sched.paused_until(&mut Clock::default())
     }
 
-    /// Sets or clears one key's limits.
-    pub(crate) fn set_key_limits(self: &Arc<Self>, key: Key, limits: Option<KeyLimits>) {
+    /// Sets or clears one key's limits, after checking them against the pool's
+    /// size now (an adaptive limit's `max` is capped at it).
+    pub(crate) fn set_key_limits(
+        self: &Arc<Self>,
+        key: Key,
+        limits: Option<KeyLimits>,
+    ) -> Result<(), LimitError> {
         let mut wakers = Vec::new();
         let (action, timer) = {
             let mut st = self.lock();
+            if let Some(Err(e)) = limits.as_ref().map(|l| l.validate(st.target.max(st.busy))) {
+                // The refused limits are dropped after the lock.
+                drop(st);
+                return Err(e);
+            }
             // The key's queue capacity may have grown.
             st.waiters.make_ready(Some(&key));
             st.sched.set_limits(key, limits, &mut Clock::default());
@@ -57,6 +67,7 @@ impl Inner {
         }
         self.timer(timer);
         wakers.into_iter().for_each(Waker::wake);
+        Ok(())
     }
 
     pub(crate) fn key_stats(&self, key: &Key) -> Option<KeyStats> {
