@@ -141,7 +141,9 @@ impl Gate {
             r.release();
         }
         if let (Some(a), Some(t)) = (&mut self.adaptive, ticket) {
-            let (at, outcome) = done.report.unwrap_or((Instant::now(), Outcome::Ignore));
+            let (at, outcome) = done
+                .report
+                .unwrap_or_else(|| (Instant::now(), Outcome::Ignore));
             if let Some(until) = a.release(t, at, outcome) {
                 self.pause.extend(until);
             }

@@ -59,8 +59,6 @@ pub(crate) struct Worker {
     done: Done,
     /// The worker had to wait for the job it is taking.
     waited: bool,
-    /// The clock as read by the scheduler while it took the job, if it read it.
-    read_at: Option<Instant>,
 }
 
 /// A job taken from the queue, claimed and ready to run. The job itself is in
@@ -86,12 +84,12 @@ impl Worker {
             let inner = &self.guard.inner;
             // In: when the previous job ended, if nothing ran on this task since
             // (a usable "now" for the scheduler); out: the scheduler's reading.
-            self.read_at = self.last_end;
+            let mut read_at = self.last_end;
             let p = inner.next_job(
                 self.guard.idx,
                 &mut self.guard.held,
                 &self.done,
-                &mut self.read_at,
+                &mut read_at,
                 cx,
             );
             let Poll::Ready(next) = p else {
@@ -118,7 +116,8 @@ impl Worker {
                 };
                 continue;
             };
-            let started = match (self.read_at, self.last_end.take()) {
+            // The clock as the scheduler read it while taking the job, if it did.
+            let started = match (read_at, self.last_end.take()) {
                 (Some(t), _) => t,
                 (None, Some(t)) if !waited => t,
                 _ => Instant::now(),
@@ -203,7 +202,6 @@ pub(crate) fn spawn(
             report: None,
         },
         waited: false,
-        read_at: None,
     };
     tracker.spawn_on(run(worker, None), rt);
 }

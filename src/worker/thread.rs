@@ -58,16 +58,19 @@ fn run(mut w: Worker, mut s: Started) {
     loop {
         let (ended, how) = w.run_inline(s);
         w.ended(ended, how, None);
-        let linger_until = std::time::Instant::now() + LINGER;
+        // The linger starts at the first miss: a job taken at once reads no
+        // clock for it.
+        let mut linger_until = None;
         let next = loop {
             match w.poll_take(&mut cx) {
                 Poll::Ready(next) => break Some(next),
                 Poll::Pending => {
                     let now = std::time::Instant::now();
-                    if now >= linger_until {
+                    let until = *linger_until.get_or_insert(now + LINGER);
+                    if now >= until {
                         break None;
                     }
-                    thread::park_timeout(linger_until - now);
+                    thread::park_timeout(until - now);
                 }
             }
         };
