@@ -39,8 +39,8 @@ pub(crate) trait Work: Send + 'static {
 
     /// Starts the run timeout of `INLINE` work: a timer task that resolves the
     /// handle through `cell` when `t` has passed, while the closure runs on.
-    /// Called on the worker's task as the job starts, so the deadline counts from
-    /// then, whenever the blocking thread gets to it.
+    /// Called as the job starts (from `begin`, on the worker's task or on the
+    /// blocking thread it is already on), so the deadline counts from then.
     fn arm_timeout(self: Pin<&mut Self>, _t: Duration, _cell: Arc<dyn Resolve>) {}
 
     /// What the job's output says about its downstream, for an adaptive limit;

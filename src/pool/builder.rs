@@ -136,6 +136,11 @@ impl Builder {
     /// one poll (a job that is ready at once still succeeds, as with
     /// `tokio::time::timeout`). Override per job with
     /// [`JobBuilder::timeout`](crate::JobBuilder::timeout).
+    ///
+    /// A [`submit_blocking`](crate::Pool::submit_blocking) closure cannot be
+    /// dropped while it runs: its handle resolves as `TimedOut` at the deadline
+    /// (at once for a zero timeout) while the closure runs on, holding its slot
+    /// until it returns.
     pub fn job_timeout(mut self, timeout: Duration) -> Self {
         self.job_timeout = Some(timeout);
         self

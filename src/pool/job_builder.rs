@@ -99,6 +99,9 @@ where
     /// The run timeout for this job, overriding the pool's
     /// [`job_timeout`](crate::Builder::job_timeout). A job running longer is dropped
     /// and resolves as [`JobError::TimedOut`]. A zero timeout gives the job one poll.
+    /// A blocking closure ([`Pool::submit_blocking`]) is not dropped: its handle
+    /// resolves as `TimedOut` at the deadline (at once for zero) while the closure
+    /// runs on, holding its slot until it returns.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.opts.timeout = Some(timeout);
         self
