@@ -495,8 +495,11 @@ impl Controller {
             return;
         } else if hung {
             // A hang blocks growth, and the first one since the last cut counts as
-            // an overload.
-            if self.head >= self.cut_seq {
+            // an overload: the oldest running job (the hung one) started after
+            // the cut. Its ticket is the first evicted one if it was moved out
+            // of the ring, else the ring's head.
+            let oldest = self.evicted.keys().next().copied().unwrap_or(self.head);
+            if oldest >= self.cut_seq {
                 self.cut(now, true);
                 return;
             }

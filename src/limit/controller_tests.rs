@@ -384,3 +384,21 @@ fn one_long_job_does_not_grow_the_ring() {
     );
     assert!(c.evicted.is_empty());
 }
+
+#[test]
+fn one_hung_job_cuts_once_even_after_it_leaves_the_ring() {
+    // A job that hangs from the start, while others complete: the hang counts
+    // as one overload, however long it lasts, also once the ring has moved the
+    // hung job's slot out (the cut is then judged by the job's own ticket, not
+    // the ring's head).
+    let mut c = ctl(Adaptive::aimd().initial(8).max(8), 64);
+    let _hung = c.on_start(ms(0));
+    let mut t = 1;
+    let mut lowest = c.limit();
+    for _ in 0..200 {
+        round(&mut c, &mut t, 10, Outcome::Success);
+        lowest = lowest.min(c.limit());
+    }
+    assert!(!c.evicted.is_empty(), "the hung job left the ring");
+    assert_eq!(lowest, 7, "one cut for one hang");
+}
