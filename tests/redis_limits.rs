@@ -1331,8 +1331,12 @@ async fn cancelled_while_waiting_for_a_slot_takes_none() {
         b.cancel();
         assert_eq!(b.await, Err(JobError::Cancelled));
         assert_eq!(slots(&mut c).await, 1, "B took a slot");
+        let rt = conc.stats().round_trips;
         let c_job = submit(Box::pin(async { Instant::now() })).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // C has asked Redis, and been refused: it has not run.
+        poll_sync(Duration::from_secs(2), || conc.stats().round_trips > rt)
+            .await
+            .expect("C never asked Redis");
         assert!(!c_job.is_finished(), "C ran past the limit");
         let _ = a_end.send(());
         let a_ended = a.await.unwrap();
