@@ -43,6 +43,13 @@ impl Gate {
             .expect("the closure was dropped un-run");
     }
 
+    /// Whether the closure starts within `d` (real time: for a closure that
+    /// must not start, on its own OS thread).
+    async fn starts_within(&mut self, d: Duration) -> bool {
+        let rx = self.started.as_mut().expect("already started");
+        tokio::time::timeout(d, rx).await.is_ok()
+    }
+
     /// Lets the closure return.
     fn release(&mut self) {
         self.release.take();
@@ -878,22 +885,20 @@ async fn a_worker_on_its_thread_obeys_a_resize_to_zero() {
     let (f, mut gate) = gated(1);
     let a = pool.submit_blocking(f).await.unwrap();
     gate.started().await;
-    let b_ran = flag();
-    let b = {
-        let b_ran = b_ran.clone();
-        pool.submit_blocking(move || b_ran.store(true, Ordering::SeqCst))
-            .await
-            .unwrap()
-    };
+    let (fb, mut gate_b) = gated(2);
+    let b = pool.submit_blocking(fb).await.unwrap();
     pool.resize(0);
     gate.release();
     assert_eq!(within("a", a).await, Ok(1));
-    settle().await;
-    assert!(!b_ran.load(Ordering::SeqCst), "started in a paused pool");
+    // B's thread is a real one: give it real time to (wrongly) start.
+    let started = gate_b.starts_within(Duration::from_millis(100)).await;
+    gate_b.release_if(started);
+    assert!(!started, "started in a paused pool");
     assert!(!b.is_finished());
     pool.resize(1);
-    assert_eq!(within("b", b).await, Ok(()));
-    assert!(b_ran.load(Ordering::SeqCst));
+    gate_b.started().await;
+    gate_b.release();
+    assert_eq!(within("b", b).await, Ok(2));
     within("shutdown", pool.shutdown()).await;
     assert_accounted(&pool);
 }
