@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -138,10 +139,10 @@ impl Pool {
     /// Pushes `task`, waiting for space while the queue is full.
     async fn enqueue<W, T>(
         &self,
-        mut task: Box<Task<W, T>>,
+        task: Box<Task<W, T>>,
         opts: &JobOpts,
         wait: Option<Duration>,
-        mut now: Instant,
+        now: Instant,
     ) -> Result<Pos, SubmitError<W>>
     where
         W: Work<Output = T>,
@@ -150,41 +151,56 @@ impl Pool {
         let inner = self.inner();
         let queue_timeout = opts.queue_timeout;
         let place = opts.place();
-        let mut deadline = queue_timeout.and_then(|d| now.checked_add(d));
         let mut guard = WaitGuard {
             inner,
             ticket: None,
         };
         let wait_deadline = wait.and_then(|w| now.checked_add(w));
-        loop {
-            // A `Full` registers this call as a waiter (under the lock, so no place
-            // that frees after it is missed); a place that frees is then granted to
-            // it, or to an older waiter, and it is woken to use it.
-            match inner.push(task, deadline, Waiting::Yes(&mut guard.ticket), &place, now) {
-                Ok(pos) => return Ok(pos),
-                Err((Refused::Closed, t)) => return Err(SubmitError::Closed((*t).into_work())),
-                Err((Refused::Full, t)) => task = t,
+        let mut task = Some(task);
+        let mut retry = false;
+        // Each poll is one push under the lock. A `Full` registers this call as a
+        // waiter with its waker (under the lock, so no place that frees after it
+        // is missed); a place that frees is then granted to it, or to an older
+        // waiter, and it is woken to use it. Polled again before its grant, the
+        // push refuses it at once and it keeps its turn.
+        let push = std::future::poll_fn(|cx| {
+            let mut at = now;
+            let t = task.as_mut().expect("polled after it finished");
+            if retry {
+                // Queue time counts from acceptance, not from the start of the wait.
+                at = Instant::now();
+                t.set_submitted(at);
             }
-            let ticket = guard.ticket.expect("a refused waiter is registered");
-            let turn = std::future::poll_fn(|cx| inner.poll_turn(ticket, cx));
-            match wait_deadline {
-                Some(at) => {
-                    // A grant that is there when the wait times out wins (the turn is
-                    // polled first); one that comes after goes to the next waiter
-                    // when the guard drops.
-                    if tokio::time::timeout_at(at, turn).await.is_err() {
-                        inner.count_rejected();
-                        tracing::debug!(pool = %self.name(), "taskgate: submit timed out waiting for queue space");
-                        return Err(SubmitError::Timeout((*task).into_work()));
-                    }
+            retry = true;
+            let deadline = queue_timeout.and_then(|d| at.checked_add(d));
+            let t = task.take().expect("checked above");
+            let waiting = Waiting::Yes(&mut guard.ticket, cx.waker());
+            match inner.push(t, deadline, waiting, &place, at) {
+                Ok(pos) => Poll::Ready(Ok(pos)),
+                Err((Refused::Closed, t)) => {
+                    Poll::Ready(Err(SubmitError::Closed((*t).into_work())))
                 }
-                // No wait limit, or one too long to add to the clock.
-                None => turn.await,
+                Err((Refused::Full, t)) => {
+                    task = Some(t);
+                    Poll::Pending
+                }
             }
-            // Queue time counts from acceptance, not from the start of the wait.
-            now = Instant::now();
-            task.set_submitted(now);
-            deadline = queue_timeout.and_then(|d| now.checked_add(d));
+        });
+        let Some(at) = wait_deadline else {
+            // No wait limit, or one too long to add to the clock.
+            return push.await;
+        };
+        // A grant that is there when the wait times out wins (the push is polled
+        // first); one that comes after goes to the next waiter when the guard
+        // drops.
+        match tokio::time::timeout_at(at, push).await {
+            Ok(r) => r,
+            Err(_) => {
+                inner.count_rejected();
+                tracing::debug!(pool = %self.name(), "taskgate: submit timed out waiting for queue space");
+                let t = task.take().expect("a timed-out push holds its task");
+                Err(SubmitError::Timeout((*t).into_work()))
+            }
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,7 +12,7 @@ use crate::job::Early;
 use crate::limit::{Clock, Done, Key, KeyLimits, KeyStats, after};
 use crate::stats::{Ending, Stats};
 
-use super::{Held, Inner, Queued};
+use super::{Held, Inner, Queued, Wakers};
 
 impl Inner {
     /// Pauses the pool (`key: None`) or one key for `d`.
@@ -48,7 +47,7 @@ impl Inner {
         key: Key,
         limits: Option<KeyLimits>,
     ) -> Result<(), LimitError> {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         let (action, timer) = {
             let mut st = self.lock();
             if let Some(Err(e)) = limits.as_ref().map(|l| l.validate(st.target.max(st.busy))) {
@@ -66,7 +65,7 @@ impl Inner {
             self.act(a);
         }
         self.timer(timer);
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
         Ok(())
     }
 
@@ -78,7 +77,7 @@ impl Inner {
     }
 
     pub(crate) fn close(&self) {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         {
             let mut st = self.lock();
             if st.closed {
@@ -90,16 +89,14 @@ impl Inner {
             st.waiters.wake_all(&mut wakers);
         }
         self.tracker.close();
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake();
         self.reaper.notify_one();
         tracing::debug!(pool = %self.name, "taskgate: pool closed");
     }
 
     pub(crate) fn abort(&self) {
         self.aborted.store(true, Ordering::Release);
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         let mut inline = Vec::new();
         let drained: Vec<Queued> = {
             let mut st = self.lock();
@@ -131,15 +128,13 @@ impl Inner {
         for cell in inline {
             cell.resolve_early(Early::Aborted);
         }
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake();
         self.reaper.notify_one();
         self.drained.notify_waiters();
     }
 
     pub(crate) fn resize(self: &Arc<Self>, workers: usize) {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         let mut actions = Vec::new();
         {
             let mut st = self.lock();
@@ -159,9 +154,7 @@ impl Inner {
             // More workers, more places.
             st.grant(self.capacity, &mut wakers);
         }
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake();
         for a in actions {
             self.act(a);
         }

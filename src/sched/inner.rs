@@ -24,7 +24,7 @@ use crate::limit::{Key, KeyLimits};
 use crate::limit::{RemoteSpec, Wake};
 use crate::sched::Priority;
 use crate::sched::{Gone, Queued, RemoteEnv, Sched, Tickets};
-use crate::sched::{Ticket, Waiters};
+use crate::sched::{Ticket, Waiters, Wakers};
 
 use super::state::{Action, State, TimerAct};
 use crate::stats::Shard;
@@ -66,8 +66,9 @@ pub(crate) enum Waiting<'a> {
     /// An internal probe that will wait next (the stream adapters): count nothing.
     Probe,
     /// A waiting submitter, with its registration in the waiters, if it has one
-    /// (made on the first refusal).
-    Yes(&'a mut Option<Ticket>),
+    /// (made on the first refusal), and the waker to wake it by when a place is
+    /// granted to it.
+    Yes(&'a mut Option<Ticket>, &'a Waker),
 }
 
 /// Why a push was refused.
@@ -242,9 +243,13 @@ impl Inner {
 
     /// Accepts a task into the queue, or hands it back.
     ///
-    /// A waiting submitter (`Waiting::Yes`) is registered in the waiters on its
-    /// first `Full`, and uses the place granted to it, if it holds one: a refusal
-    /// then gives the grant back, and the place goes to the next waiter.
+    /// A waiting submitter (`Waiting::Yes`) is registered in the waiters, with its
+    /// waker, on its first `Full`, and uses the place granted to it, if it holds
+    /// one: a refusal then gives the grant back, and the place goes to the next
+    /// waiter. One that is registered and holds no grant yet is refused `Full`
+    /// at once, its waker kept: it keeps its turn, and is woken when a place is
+    /// granted to it. So a wait costs two acquisitions of the lock, the refusal
+    /// and the push that uses the grant.
     pub(crate) fn push<W, T>(
         self: &Arc<Self>,
         task: Box<Task<W, T>>,
@@ -264,7 +269,15 @@ impl Inner {
         // A waiter steps out of line (giving back any grant) while its push is
         // decided, so that its own reserved place counts as free for it.
         let ticket = match &waiting {
-            Waiting::Yes(t) => **t,
+            Waiting::Yes(t, w) => {
+                if let Some(t) = **t
+                    && st.waiters.keep_waiting(t, w)
+                {
+                    // Not its turn yet (a wake that was not a grant).
+                    return Err((Refused::Full, task));
+                }
+                **t
+            }
             _ => None,
         };
         let gave_back = ticket.is_some_and(|t| st.waiters.step_out(t));
@@ -278,11 +291,15 @@ impl Inner {
             // Refused by its key's queue, not the pool's.
             let key_full = pool_room;
             match waiting {
-                Waiting::Yes(t) => {
-                    match *t {
-                        Some(t) => st.waiters.step_in(t, key_full),
-                        None => *t = Some(st.waiters.register(place.key, key_full)),
-                    }
+                Waiting::Yes(t, w) => {
+                    let t = match *t {
+                        Some(t) => {
+                            st.waiters.step_in(t, key_full);
+                            t
+                        }
+                        None => *t.insert(st.waiters.register(place.key, key_full)),
+                    };
+                    st.waiters.keep_waiting(t, w);
                     if key_full && let Some(k) = place.key {
                         st.sched.watch(k);
                     }
@@ -290,17 +307,17 @@ impl Inner {
                 Waiting::No => st.count_rejected(&self.telemetry),
                 Waiting::Probe => {}
             }
-            let mut wakers = Vec::new();
+            let mut wakers = Wakers::default();
             if gave_back {
                 st.grant(self.capacity, &mut wakers);
             }
             drop(st);
-            wakers.into_iter().for_each(Waker::wake);
+            wakers.wake();
             return Err((Refused::Full, task));
         };
         if let Some(t) = ticket {
             st.waiters.leave(t);
-            if let Waiting::Yes(slot) = waiting {
+            if let Waiting::Yes(slot, _) = waiting {
                 *slot = None;
             }
         }
@@ -320,7 +337,7 @@ impl Inner {
             },
             now,
         );
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         if !st.waiters.is_empty() {
             if st.waiters.granted > 0 && st.take_back(self.capacity, place.key) {
                 st.grant(self.capacity, &mut wakers);
@@ -340,36 +357,25 @@ impl Inner {
             self.act(a);
         }
         self.timer(timer);
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
         Ok(Pos { id, lane, prio })
     }
 
     /// A waiting submitter's call ended (dropped, timed out, closed out): it
     /// leaves the line, and a place granted to it goes to the next waiter.
     pub(crate) fn leave(&self, ticket: Ticket) {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         {
             let mut st = self.lock();
             if st.waiters.leave(ticket) {
                 st.grant(self.capacity, &mut wakers);
             }
         }
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
     }
 
     pub(crate) fn count_rejected(&self) {
         self.lock().count_rejected(&self.telemetry);
-    }
-
-    /// Ready when the waiter holds a place, or the pool closed; otherwise keeps
-    /// the waker to be woken by when a place is granted.
-    pub(crate) fn poll_turn(&self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<()> {
-        let mut st = self.lock();
-        if st.closed || st.waiters.poll_granted(ticket, cx.waker()) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
     }
 
     /// Called by a worker to finish its previous job (`held`, which ended as
@@ -404,7 +410,7 @@ impl Inner {
         // A finish frees a place in the pool's queue (which counts free workers,
         // so a take alone frees none there), and taking a keyed job frees one in
         // its key's queue: either may be granted to a waiting submitter.
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         st.grant(self.capacity, &mut wakers);
         st.publish(&self.telemetry);
         // A worker that took a job hands the search on if more are queued; one
@@ -421,7 +427,7 @@ impl Inner {
         if let Some(a) = action {
             self.act(a);
         }
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
         self.timer(timer);
         if exited {
             self.drained.notify_waiters();
@@ -521,13 +527,13 @@ impl Canceller for Inner {
         }
         st.count_cancelled(&self.telemetry, 1, false);
         st.publish(&self.telemetry);
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         st.grant(self.capacity, &mut wakers);
         st.release_idle_if_drained(&mut wakers);
         let timer = st.timer_act();
         let closed = st.closed;
         drop(st);
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
         self.timer(timer);
         if closed {
             self.drained.notify_waiters();

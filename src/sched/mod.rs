@@ -10,9 +10,11 @@ mod state;
 mod take;
 mod timers;
 mod waiters;
+mod wakers;
 
 pub(crate) use inner::Spawner;
 pub(crate) use inner::{Held, Inner, Place, Refused, SchedConfig, Waiting};
 pub(crate) use lanes::{Gone, Queued, RemoteEnv, Sched, Tickets};
 pub use priority::Priority;
 pub(crate) use waiters::{Granted, Ticket, Waiters};
+pub(crate) use wakers::Wakers;

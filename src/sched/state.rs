@@ -11,7 +11,7 @@ use crate::job::Resolve;
 use crate::limit::{Clock, Key};
 use crate::stats::{Shard, Telemetry, Totals};
 
-use super::{Granted, Sched, Waiters};
+use super::{Granted, Sched, Waiters, Wakers};
 
 /// A worker's entry in the scheduler.
 pub(super) struct Slot {
@@ -148,7 +148,7 @@ impl State {
     /// those whose key queue has room (see `waiters.rs`), and collects their wakers.
     /// Called after every change that can free a place: a job leaving the queue or
     /// ending, a grant given back, more workers, a key's limits changed.
-    pub(super) fn grant(&mut self, capacity: usize, wakers: &mut Vec<Waker>) {
+    pub(super) fn grant(&mut self, capacity: usize, wakers: &mut Wakers) {
         if self.waiters.is_empty() {
             if !self.sched.freed.is_empty() {
                 self.sched.freed.clear();
@@ -232,7 +232,7 @@ impl State {
 
     /// Unparks every parked worker (to exit, or to re-check after close) and
     /// returns their wakers, to wake once the lock is released.
-    pub(super) fn unpark_all(&mut self, out: &mut Vec<Waker>) {
+    pub(super) fn unpark_all(&mut self, out: &mut Wakers) {
         while let Some(idx) = self.idle.pop() {
             let slot = self.slots[idx].as_mut().expect("idle slot exists");
             slot.parked = false;
@@ -245,7 +245,7 @@ impl State {
     /// After close, once nothing is queued, unparks idle workers so that they exit.
     /// (A worker parks while every queued job is held by a key limit or rate; the
     /// last of those may then leave the queue without it.)
-    pub(super) fn release_idle_if_drained(&mut self, out: &mut Vec<Waker>) {
+    pub(super) fn release_idle_if_drained(&mut self, out: &mut Wakers) {
         if self.closed && self.sched.queued == 0 && !self.idle.is_empty() {
             self.unpark_all(out);
         }

@@ -3,12 +3,11 @@
 //! task's step).
 
 use std::sync::Arc;
-use std::task::Waker;
 
 use tokio::time::Instant;
 
-use super::Inner;
 use super::lanes::{Gone, POOL, Queued, Sched};
+use super::{Inner, Wakers};
 use crate::error::JobError;
 use crate::limit::{Clock, Wake};
 
@@ -122,14 +121,14 @@ impl Inner {
             st.reaper_running = false;
         }
         let closed = st.closed;
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         st.grant(self.capacity, &mut wakers);
         st.release_idle_if_drained(&mut wakers);
         drop(st);
         for a in actions {
             self.act(a);
         }
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
         if closed && (exit || !expired.is_empty()) {
             self.drained.notify_waiters();
         }

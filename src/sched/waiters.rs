@@ -24,7 +24,7 @@
 //! out, closed out), and the place goes to the next waiter in line; or has it
 //! taken back by a push that took the place, and is first in line again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::task::Waker;
 
 use crate::limit::Key;
@@ -107,11 +107,11 @@ pub(crate) struct Waiters {
     groups: Groups,
     /// Groups with a waiter whose key queue is not known to be full, by the
     /// sequence number of their oldest waiter.
-    ready: BTreeMap<u64, Option<Key>>,
+    ready: ReadyLine,
     /// Places reserved for granted waiters, pool-wide.
     pub(crate) granted: usize,
     /// The granted waiters, by sequence number (to take back the youngest grant).
-    grants: BTreeSet<(u64, u32)>,
+    grants: Grants,
     /// Registrations alive (waiting, granted or out).
     alive: usize,
 }
@@ -165,7 +165,7 @@ impl Waiters {
         let entry = Entry {
             seq,
             key: key.cloned(),
-            // Set by the waiter's first poll.
+            // Set by `keep_waiting`, under the same lock.
             waker: None,
             turn: Turn::Waiting,
         };
@@ -198,19 +198,20 @@ impl Waiters {
             .filter(|e| e.seq == t.seq)
     }
 
-    /// Whether the waiter holds a place; if not, keeps `waker` to wake it by.
-    pub(crate) fn poll_granted(&mut self, t: Ticket, waker: &Waker) -> bool {
+    /// Whether the waiter is still in its line (it holds no place); if so, keeps
+    /// `waker` to wake it by when a place is granted to it.
+    pub(crate) fn keep_waiting(&mut self, t: Ticket, waker: &Waker) -> bool {
         let Some(e) = self.entry_mut(t) else {
-            return true;
+            return false;
         };
-        if e.turn == Turn::Granted {
-            return true;
+        if e.turn != Turn::Waiting {
+            return false;
         }
         match &e.waker {
             Some(w) if w.will_wake(waker) => {}
             _ => e.waker = Some(waker.clone()),
         }
-        false
+        true
     }
 
     /// Takes the waiter out of the line (or gives back its grant) while its push
@@ -225,7 +226,7 @@ impl Waiters {
             Turn::Out => false,
             Turn::Granted => {
                 self.granted -= 1;
-                self.grants.remove(&(t.seq, t.idx));
+                self.grants.remove((t.seq, t.idx));
                 let g = self
                     .groups
                     .get_mut(key.as_ref())
@@ -276,7 +277,7 @@ impl Waiters {
     /// younger waiter, and finds out when it next polls. Returns its key.
     pub(crate) fn revoke(&mut self, key: Option<&Key>) -> Option<Option<Key>> {
         let entries = &self.entries;
-        let &(seq, idx) = self.grants.iter().rev().find(|&&(_, idx)| {
+        let &(seq, idx) = self.grants.0.iter().rev().find(|&&(_, idx)| {
             key.is_none()
                 || entries[idx as usize]
                     .as_ref()
@@ -345,7 +346,7 @@ impl Waiters {
             Some(s) if s <= h.seq => return,
             // Filed under a younger waiter than its head (one stepped back in).
             Some(s) => {
-                self.ready.remove(&s);
+                self.ready.remove(s, key);
             }
             None => {}
         }
@@ -363,7 +364,7 @@ impl Waiters {
         if g.ready != Some(t.seq) {
             return;
         }
-        self.ready.remove(&t.seq);
+        self.ready.remove(t.seq, key);
         g.ready = None;
         // `t` is out of the line now, so `head` skips it.
         if let Some(h) = head(g, entries) {
@@ -382,7 +383,7 @@ impl Waiters {
         {
             let g = self.groups.keyed.remove(k).expect("checked");
             if let Some(s) = g.ready {
-                self.ready.remove(&s);
+                self.ready.remove(s, key);
             }
         }
     }
@@ -427,7 +428,7 @@ impl Waiters {
     }
 
     /// Every registered waiter's waker (the pool closed: each must see it).
-    pub(crate) fn wake_all(&mut self, out: &mut Vec<Waker>) {
+    pub(crate) fn wake_all(&mut self, out: &mut super::Wakers) {
         for e in self.entries.iter_mut().flatten() {
             out.extend(e.waker.take());
         }
@@ -437,8 +438,79 @@ impl Waiters {
         if self.entries.len() > 1024 {
             self.entries = Vec::new();
             self.free = Vec::new();
-            self.grants = BTreeSet::new();
+            self.grants = Grants::default();
             self.groups = Groups::default();
+        }
+    }
+}
+
+/// The ready groups, by the sequence number of their oldest waiter. The unkeyed
+/// group is kept apart from the keyed ones' map, so that a pool without keys
+/// (the common case, and the job path when a submitter waits for every place)
+/// never touches the map.
+#[derive(Default)]
+struct ReadyLine {
+    unkeyed: Option<u64>,
+    keyed: BTreeMap<u64, Key>,
+}
+
+impl ReadyLine {
+    fn is_empty(&self) -> bool {
+        self.unkeyed.is_none() && self.keyed.is_empty()
+    }
+
+    fn insert(&mut self, seq: u64, key: Option<Key>) {
+        match key {
+            None => self.unkeyed = Some(seq),
+            Some(k) => {
+                self.keyed.insert(seq, k);
+            }
+        }
+    }
+
+    /// Removes the group of `key`, filed under `seq`.
+    fn remove(&mut self, seq: u64, key: Option<&Key>) {
+        match key {
+            None => {
+                if self.unkeyed == Some(seq) {
+                    self.unkeyed = None;
+                }
+            }
+            Some(_) => {
+                self.keyed.remove(&seq);
+            }
+        }
+    }
+
+    /// The group with the oldest waiter.
+    fn pop_first(&mut self) -> Option<(u64, Option<Key>)> {
+        match (self.unkeyed, self.keyed.first_key_value()) {
+            (Some(u), Some((&k, _))) if k < u => self.keyed.pop_first().map(|(s, k)| (s, Some(k))),
+            (Some(u), _) => {
+                self.unkeyed = None;
+                Some((u, None))
+            }
+            (None, _) => self.keyed.pop_first().map(|(s, k)| (s, Some(k))),
+        }
+    }
+}
+
+/// The granted waiters as `(seq, idx)`, sorted by sequence number. Places are
+/// granted to the oldest waiters first and used in about that order, so a grant
+/// is an append and its use a removal near the front: no allocation per grant,
+/// as a `BTreeSet` node would cost.
+#[derive(Default)]
+struct Grants(VecDeque<(u64, u32)>);
+
+impl Grants {
+    fn insert(&mut self, g: (u64, u32)) {
+        let at = self.0.partition_point(|&x| x < g);
+        self.0.insert(at, g);
+    }
+
+    fn remove(&mut self, g: (u64, u32)) {
+        if let Ok(at) = self.0.binary_search(&g) {
+            self.0.remove(at);
         }
     }
 }
