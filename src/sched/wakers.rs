@@ -35,9 +35,9 @@ impl Wakers {
     /// Wakes them all, consuming them. Call with no lock held: a wake may run
     /// the woken task's code (a waker is user code).
     pub(crate) fn wake(self) {
-        if let Some(w) = self.first {
-            w.wake();
-        }
+        // `more` is empty unless `first` is set: most calls end here.
+        let Some(w) = self.first else { return };
+        w.wake();
         self.more.into_iter().for_each(Waker::wake);
     }
 }
