@@ -653,12 +653,7 @@ async fn an_aborted_waiter_task_passes_its_grant_on() {
 /// place it could not use must pass to the unkeyed waiter behind it, at once.
 #[tokio::test(start_paused = true)]
 async fn a_waiter_refused_when_it_comes_to_use_its_grant_passes_the_place_on() {
-    let pool = keyed_pool(1, 2, 2);
-    let (running, _dropped) = pending_job();
-    let _r = pool.submit(running).await.unwrap();
-    settle().await;
-    let _c1 = pool.job(async {}).key("c").submit().await.unwrap();
-    let q = pool.submit(async {}).await.unwrap();
+    let (pool, _r, _c1, q) = key_c_and_pool_full().await;
     assert_eq!(load(&pool), (1, 2));
     let wc = waiter(&pool, Some("c"), None, async { "c" }).await;
     let wu = waiter(&pool, None, None, async { "u" }).await;
@@ -1115,16 +1110,24 @@ async fn grant_revoke_repoll_regrant_wakes() {
     }
 }
 
+/// A pool with one worker, busy with a job that never ends, and a queue of 2
+/// filled by a key-"c" job `c1` (key queues hold 2) and an unkeyed job `q`.
+/// Returns the pool, the running job, `c1` and `q`.
+async fn key_c_and_pool_full() -> (Pool, JobHandle<()>, JobHandle<()>, JobHandle<()>) {
+    let pool = keyed_pool(1, 2, 2);
+    let (running, _dropped) = pending_job();
+    let r = pool.submit(running).await.unwrap();
+    settle().await;
+    let c1 = pool.job(async {}).key("c").submit().await.unwrap();
+    let q = pool.submit(async {}).await.unwrap();
+    (pool, r, c1, q)
+}
+
 /// A granted keyed waiter refused by its key queue (cap lowered) keeps its turn,
 /// and is woken and admitted when the key frees a place.
 #[tokio::test(start_paused = true)]
 async fn key_refused_after_grant_is_readmitted_when_key_frees() {
-    let pool = keyed_pool(1, 2, 2);
-    let (running, _dropped) = pending_job();
-    let _r = pool.submit(running).await.unwrap();
-    settle().await;
-    let c1 = pool.job(async {}).key("c").submit().await.unwrap();
-    let q = pool.submit(async {}).await.unwrap();
+    let (pool, _r, c1, q) = key_c_and_pool_full().await;
     let (cw, kw) = counter();
     let mut wc = pin!(pool.job(async { "c" }).key("c").submit());
     assert!(poll_with(wc.as_mut(), &kw).is_pending());
@@ -1181,12 +1184,7 @@ async fn pool_refused_after_grant_is_readmitted_on_grow() {
 /// out: Timeout, with its own job back, and the place passes on.
 #[tokio::test(start_paused = true)]
 async fn timeout_after_key_refusal_returns_job_and_passes_place() {
-    let pool = keyed_pool(1, 2, 2);
-    let (running, _dropped) = pending_job();
-    let _r = pool.submit(running).await.unwrap();
-    settle().await;
-    let _c1 = pool.job(async {}).key("c").submit().await.unwrap();
-    let q = pool.submit(async {}).await.unwrap();
+    let (pool, _r, _c1, q) = key_c_and_pool_full().await;
     let (_cw, kw) = counter();
     let mut wc = pin!(pool.job(async { 42 }).key("c").submit_timeout(5 * MS));
     assert!(poll_with(wc.as_mut(), &kw).is_pending());
@@ -1300,6 +1298,10 @@ fn multi_thread_churn_strands_nothing() {
     }
 }
 
+/// A younger waiter polled again and again (wakes that were not grants) stays in
+/// line: the freed place goes to the older one. Then the older one's grant is
+/// taken back (it holds no waker now) and the pool closes: both are woken or
+/// polled to `Closed`, each with its own job back.
 #[tokio::test(start_paused = true)]
 async fn spurious_polls_of_younger_waiter_do_not_jump_and_close_reaches_revoked() {
     for key in [None, Some("c")] {
