@@ -69,31 +69,26 @@ impl Sched {
         }
     }
 
-    /// A new adaptive limit for a lane with `limits`, if they have one.
-    fn adaptive_for(&self, limits: &KeyLimits) -> Option<AdaptiveLimit> {
-        limits
-            .adaptive
-            .map(|a| AdaptiveLimit::new(a, self.workers, self.origin))
-    }
-
     pub(super) fn create_lane(&mut self, key: &Key) -> u32 {
-        // A copy: the lane is built while `self` is borrowed mutably. (Cheap:
-        // plain fields, and `Arc`s for shared limits.)
-        let limits = self.limits_of(key).clone();
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
+        // Borrowed field by field (not through `limits_of`), so that the lane is
+        // built from the settings in place, without a copy of them per lane.
+        let limits = self.overrides.get(key).unwrap_or(&self.defaults);
+        let adaptive = limits
+            .adaptive
+            .map(|a| AdaptiveLimit::new(a, self.workers, self.origin));
         let lane = match self.spare.pop() {
             Some(mut lane) => {
                 let queues = std::mem::take(&mut lane.queues);
-                let adaptive = self.adaptive_for(&limits);
-                *lane = Lane::new(Some(key.clone()), generation, &limits, adaptive, queues);
+                *lane = Lane::new(Some(key.clone()), generation, limits, adaptive, queues);
                 lane
             }
             None => Box::new(Lane::new(
                 Some(key.clone()),
                 generation,
-                &limits,
-                self.adaptive_for(&limits),
+                limits,
+                adaptive,
                 Queues::default(),
             )),
         };
@@ -106,9 +101,13 @@ impl Sched {
         };
         self.by_key.insert(key.clone(), li);
         let lane = self.lanes.get_mut(li).expect("just placed");
-        let specs = limits.remote_specs();
-        self.env
-            .bind(&mut lane.gate, specs, Some(key), li, generation);
+        self.env.bind(
+            &mut lane.gate,
+            limits.remote_specs(),
+            Some(key),
+            li,
+            generation,
+        );
         li
     }
 
