@@ -43,11 +43,11 @@ impl Gate {
             .expect("the closure was dropped un-run");
     }
 
-    /// Whether the closure starts within `d` (real time: for a closure that
-    /// must not start, on its own OS thread).
-    async fn starts_within(&mut self, d: Duration) -> bool {
+    /// Whether the closure has started, without waiting. (It consumes the
+    /// signal only when it answers `true`.)
+    fn has_started(&mut self) -> bool {
         let rx = self.started.as_mut().expect("already started");
-        tokio::time::timeout(d, rx).await.is_ok()
+        rx.try_recv().is_ok()
     }
 
     /// Lets the closure return.
@@ -890,10 +890,19 @@ async fn a_worker_on_its_thread_obeys_a_resize_to_zero() {
     pool.resize(0);
     gate.release();
     assert_eq!(within("a", a).await, Ok(1));
-    // B's thread is a real one: give it real time to (wrongly) start.
-    let started = gate_b.starts_within(Duration::from_millis(100)).await;
+    // The worker ends A and, in the same critical section, leaves (the pool's
+    // size is 0): once nothing is busy, no worker is left that could take B.
+    // Polled, not slept; B starting (the bug) ends the wait too.
+    let give_up = std::time::Instant::now() + LONG;
+    let mut started = gate_b.has_started();
+    while !started && pool.stats().busy != 0 && std::time::Instant::now() < give_up {
+        tokio::task::yield_now().await;
+        started = gate_b.has_started();
+    }
     gate_b.release_if(started);
     assert!(!started, "started in a paused pool");
+    let s = pool.stats();
+    assert_eq!((s.busy, s.queued), (0, 1), "B waits, unstarted: {s:?}");
     assert!(!b.is_finished());
     pool.resize(1);
     gate_b.started().await;
