@@ -143,7 +143,7 @@ impl Args {
 
     /// The quota as a taskgate rate, with its burst.
     fn quota(&self) -> Rate {
-        // About 10 ms of the rate.
+        // About 20 ms of the rate.
         let burst = self.burst.unwrap_or(self.rate.div_ceil(50)).max(1);
         Rate::per_second(self.rate).burst(burst)
     }
