@@ -64,7 +64,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use taskgate::redis::{OnError, RedisLimits};
+use redis_server::{RedisServer, limited_pool, max_excess};
+use taskgate::redis::{OnError, RedisLimits, SharedConcurrency, SharedStats};
 use taskgate::{Pool, Rate};
 
 /// The variable that makes [`fleet_child`] a child, with its parameters.
@@ -117,25 +118,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[test]
 fn fleet_rate_holds_the_bound_and_delivers() {
     let _serial = serial();
-    let Some(redis) = redis_server::RedisServer::start() else {
+    let Some(redis) = RedisServer::start() else {
         return;
     };
     const P: usize = 3;
     const RATE: u32 = 1_000;
     const BURST: u32 = 10;
     const RUN: Duration = Duration::from_millis(2_000);
-    let deadline = Instant::now() + TEST_DEADLINE;
-    let mut server = Server::start();
-    let params = |id: usize| {
-        format!(
-            "role=rate;id={id};redis={};addr={};name=api;rate={RATE};burst={BURST};run_ms={}",
-            redis.url(),
-            server.addr,
-            RUN.as_millis()
-        )
-    };
-    let reports = run_fleet(&server, P, params, deadline);
-    server.finish();
+    let role = format!(
+        "role=rate;name=api;rate={RATE};burst={BURST};run_ms={}",
+        RUN.as_millis()
+    );
+    let (server, reports) = run_fleet(&redis, P, &role);
 
     let lease: u32 = reports[0].num("lease");
     assert_eq!(lease, 10, "about 10 ms of 1 000/s, capped at the burst");
@@ -241,25 +235,18 @@ fn fleet_rate_holds_the_bound_and_delivers() {
 #[test]
 fn fleet_concurrency_never_exceeds_the_limit() {
     let _serial = serial();
-    let Some(redis) = redis_server::RedisServer::start() else {
+    let Some(redis) = RedisServer::start() else {
         return;
     };
     const P: usize = 3;
     const LIMIT: usize = 4;
     const RUN: Duration = Duration::from_millis(1_500);
-    let deadline = Instant::now() + TEST_DEADLINE;
-    let mut server = Server::start();
     // Each process could run LIMIT at once by itself: P·LIMIT without sharing.
-    let params = |id: usize| {
-        format!(
-            "role=conc;id={id};redis={};addr={};name=db;limit={LIMIT};ttl_ms=3000;run_ms={}",
-            redis.url(),
-            server.addr,
-            RUN.as_millis()
-        )
-    };
-    let reports = run_fleet(&server, P, params, deadline);
-    server.finish();
+    let role = format!(
+        "role=conc;name=db;limit={LIMIT};ttl_ms=3000;run_ms={}",
+        RUN.as_millis()
+    );
+    let (server, reports) = run_fleet(&redis, P, &role);
 
     // `lost` and `started_on_error` are reported, not asserted: both can be
     // non-zero without Redis failing (see the two tests at the end).
@@ -311,22 +298,15 @@ fn fleet_concurrency_never_exceeds_the_limit() {
 #[test]
 fn killed_process_gives_its_slots_back_in_ttl_plus_a_renewal() {
     let _serial = serial();
-    let Some(redis) = redis_server::RedisServer::start() else {
+    let Some(redis) = RedisServer::start() else {
         return;
     };
     const L: usize = 3;
     const TTL: Duration = Duration::from_millis(600);
     let deadline = Instant::now() + TEST_DEADLINE;
     let server = Server::start();
-    let mut kid = Kid::spawn(
-        0,
-        &format!(
-            "role=hold;id=0;redis={};addr={};name=killed;limit={L};ttl_ms={}",
-            redis.url(),
-            server.addr,
-            TTL.as_millis()
-        ),
-    );
+    let role = format!("role=hold;name=killed;limit={L};ttl_ms={}", TTL.as_millis());
+    let mut kid = Kid::spawn(0, &server.child_params(0, &redis, &role));
     let mut held = 0;
     let mut held_at = Instant::now();
     while held < L {
@@ -344,16 +324,12 @@ fn killed_process_gives_its_slots_back_in_ttl_plus_a_renewal() {
     let rt = runtime();
     let url = redis.url();
     let (conc, pool) = rt.block_on(async {
-        let limits = RedisLimits::connect(&url).await.unwrap().prefix(PREFIX);
-        let conc = limits
+        let conc = fleet_limits(&url)
+            .await
             .concurrency("killed", L)
             .ttl(TTL)
             .on_error(OnError::Closed);
-        let pool = Pool::builder()
-            .workers(L)
-            .shared_concurrency(conc.clone())
-            .build()
-            .unwrap();
+        let pool = limited_pool(L, &[&conc]);
         (conc, pool)
     });
     let (tx, rx) = mpsc::channel::<Instant>();
@@ -409,13 +385,8 @@ fn killed_process_gives_its_slots_back_in_ttl_plus_a_renewal() {
         );
         after_kill.push(at - killed_at);
     }
-    pool.abort();
     drop(handles);
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), pool.shutdown())
-            .await
-            .expect("the parent's pool shuts down");
-    });
+    rt.block_on(abort_and_shut_down(&pool));
     eprintln!(
         "SIGKILL: the {L} slots (TTL {TTL:?}) came back {after_kill:?} after the kill \
          (allowed {floor:?}..={bound:?}); parent's stats {:?}",
@@ -463,16 +434,11 @@ fn rate_child(rt: &tokio::runtime::Runtime, p: &Params) {
     let arrivals = Arc::new(Mutex::new(arrivals));
     let rate = Rate::per_second(p.num("rate")).burst(p.num("burst"));
     let (shared, pool) = rt.block_on(async {
-        let limits = RedisLimits::connect(p.str("redis"))
+        let shared = fleet_limits(p.str("redis"))
             .await
-            .expect("child: connect to Redis")
-            .prefix(PREFIX);
-        let shared = limits.rate(p.str("name"), rate).on_error(OnError::Closed);
-        let pool = Pool::builder()
-            .workers(8)
-            .shared_rate(shared.clone())
-            .build()
-            .unwrap();
+            .rate(p.str("name"), rate)
+            .on_error(OnError::Closed);
+        let pool = limited_pool(8, &[&shared]);
         (shared, pool)
     });
     ctl.send("ready");
@@ -491,10 +457,7 @@ fn rate_child(rt: &tokio::runtime::Runtime, p: &Params) {
             }
         }
         // What is still queued never starts.
-        pool.abort();
-        tokio::time::timeout(Duration::from_secs(5), pool.shutdown())
-            .await
-            .expect("child: the pool shuts down");
+        abort_and_shut_down(&pool).await;
     });
     let s = shared.stats();
     ctl.finish(&format!(
@@ -515,22 +478,7 @@ fn conc_child(rt: &tokio::runtime::Runtime, p: &Params) {
     let limit: usize = p.num("limit");
     let id: usize = p.num("id");
     let addr = p.addr();
-    let (conc, pool) = rt.block_on(async {
-        let limits = RedisLimits::connect(p.str("redis"))
-            .await
-            .expect("child: connect to Redis")
-            .prefix(PREFIX);
-        let conc = limits
-            .concurrency(p.str("name"), limit)
-            .ttl(p.millis("ttl_ms"))
-            .on_error(OnError::Closed);
-        let pool = Pool::builder()
-            .workers(limit)
-            .shared_concurrency(conc.clone())
-            .build()
-            .unwrap();
-        (conc, pool)
-    });
+    let (conc, pool) = child_conc_pool(rt, p);
     ctl.send("ready");
     ctl.wait_go();
     let (requests, stalled) = rt.block_on(async {
@@ -557,10 +505,7 @@ fn conc_child(rt: &tokio::runtime::Runtime, p: &Params) {
             // Load shape, not a wait for anything: a gap between waves.
             tokio::time::sleep(Duration::from_millis(2 + id as u64)).await;
         }
-        pool.abort();
-        tokio::time::timeout(Duration::from_secs(5), pool.shutdown())
-            .await
-            .expect("child: the pool shuts down");
+        abort_and_shut_down(&pool).await;
         (requests, stalled)
     });
     let s = conc.stats();
@@ -569,6 +514,38 @@ fn conc_child(rt: &tokio::runtime::Runtime, p: &Params) {
          started_on_error={} lost={}",
         s.granted, s.round_trips, s.errors, s.started_on_error, s.lost
     ));
+}
+
+/// The handle every process of these tests uses: on `url`, under [`PREFIX`].
+async fn fleet_limits(url: &str) -> RedisLimits {
+    RedisLimits::connect(url)
+        .await
+        .expect("connect to Redis")
+        .prefix(PREFIX)
+}
+
+/// A `conc` or `hold` child's limit (`name`, `limit`, `ttl_ms`,
+/// OnError::Closed) and a pool of `limit` workers on it.
+fn child_conc_pool(rt: &tokio::runtime::Runtime, p: &Params) -> (SharedConcurrency, Pool) {
+    let limit: usize = p.num("limit");
+    rt.block_on(async {
+        let conc = fleet_limits(p.str("redis"))
+            .await
+            .concurrency(p.str("name"), limit)
+            .ttl(p.millis("ttl_ms"))
+            .on_error(OnError::Closed);
+        let pool = limited_pool(limit, &[&conc]);
+        (conc, pool)
+    })
+}
+
+/// Aborts `pool` (what is queued never starts, what runs is cancelled) and
+/// waits for it to shut down.
+async fn abort_and_shut_down(pool: &Pool) {
+    pool.abort();
+    tokio::time::timeout(Duration::from_secs(5), pool.shutdown())
+        .await
+        .expect("the pool shuts down");
 }
 
 /// One request to the parent's server, answered after [`REQ_HOLD`].
@@ -590,20 +567,8 @@ fn hold_child(rt: &tokio::runtime::Runtime, p: &Params) {
     let limit: usize = p.num("limit");
     let id: usize = p.num("id");
     let addr = p.addr();
-    let (_conc, _pool, _handles) = rt.block_on(async {
-        let limits = RedisLimits::connect(p.str("redis"))
-            .await
-            .expect("child: connect to Redis")
-            .prefix(PREFIX);
-        let conc = limits
-            .concurrency(p.str("name"), limit)
-            .ttl(p.millis("ttl_ms"))
-            .on_error(OnError::Closed);
-        let pool = Pool::builder()
-            .workers(limit)
-            .shared_concurrency(conc.clone())
-            .build()
-            .unwrap();
+    let (_conc, pool) = child_conc_pool(rt, p);
+    let _handles = rt.block_on(async {
         let mut handles = Vec::new();
         for _ in 0..limit {
             let job = async move {
@@ -618,7 +583,7 @@ fn hold_child(rt: &tokio::runtime::Runtime, p: &Params) {
             };
             handles.push(pool.submit(job).await.unwrap());
         }
-        (conc, pool, handles)
+        handles
     });
     // Blocks until the parent kills this process (or gives up on it).
     let mut line = String::new();
@@ -758,16 +723,17 @@ impl Drop for Kid {
     }
 }
 
-/// Starts `p` children (`params(id)`), waits until each is ready, says "go"
-/// to all, and waits until each has sent its `done` line and exited; returns
-/// each child's `done` line. Panics past `deadline` (the children are killed).
-fn run_fleet(
-    server: &Server,
-    p: usize,
-    params: impl Fn(usize) -> String,
-    deadline: Instant,
-) -> Vec<Params> {
-    let mut kids: Vec<Kid> = (0..p).map(|id| Kid::spawn(id, &params(id))).collect();
+/// Starts a [`Server`] and `p` children (`role`: their parameters besides the
+/// common ones), waits until each is ready, says "go" to all, and waits until
+/// each has sent its `done` line and exited; returns the server, finished, and
+/// each child's `done` line. Panics past [`TEST_DEADLINE`] (the children are
+/// killed).
+fn run_fleet(redis: &RedisServer, p: usize, role: &str) -> (Server, Vec<Params>) {
+    let deadline = Instant::now() + TEST_DEADLINE;
+    let mut server = Server::start();
+    let mut kids: Vec<Kid> = (0..p)
+        .map(|id| Kid::spawn(id, &server.child_params(id, redis, role)))
+        .collect();
     let mut ready = 0;
     while ready < p {
         match server.next(deadline, "the children to be ready") {
@@ -795,10 +761,13 @@ fn run_fleet(
             _ => {}
         }
     }
-    done.into_iter()
+    server.finish();
+    let reports = done
+        .into_iter()
         .enumerate()
         .map(|(id, d)| d.unwrap_or_else(|| panic!("child {id} exited without its report")))
-        .collect()
+        .collect();
+    (server, reports)
 }
 
 /// A rate job's start, as the parent received it.
@@ -886,6 +855,12 @@ impl Server {
             state,
             accept: Some(accept),
         }
+    }
+
+    /// Child `id`'s parameters: its id, Redis's URL and this server's address,
+    /// then `role` (`role=...` and the role's own).
+    fn child_params(&self, id: usize, redis: &RedisServer, role: &str) -> String {
+        format!("id={id};redis={};addr={};{role}", redis.url(), self.addr)
     }
 
     /// The next event; panics at `deadline`.
@@ -990,47 +965,6 @@ fn serve(st: &ServerState, stream: TcpStream) {
     }
 }
 
-/// The window of sorted `times` where the count most exceeds `rate·t`.
-#[derive(Debug)]
-struct Window {
-    /// count − rate·t.
-    excess: f64,
-    from: Duration,
-    len: Duration,
-    count: usize,
-}
-
-/// Over every window [t_i, t_j] (i ≤ j) of the sorted `times`, the largest
-/// `(j − i + 1) − rate·(t_j − t_i)`, in one pass: it is
-/// `(j + 1 − rate·t_j) − min_{i ≤ j}(i − rate·t_i)`.
-fn max_excess(times: &[Duration], rate: f64) -> Window {
-    assert!(!times.is_empty(), "no arrivals");
-    assert!(times.is_sorted());
-    let t0 = times[0];
-    let x = |k: usize| rate * (times[k] - t0).as_secs_f64();
-    let mut best_i = 0;
-    let mut best_i_val = 0.0 - x(0);
-    let mut best = (f64::MIN, 0, 0);
-    for j in 0..times.len() {
-        let v = j as f64 - x(j);
-        if v < best_i_val {
-            best_i_val = v;
-            best_i = j;
-        }
-        let excess = (j + 1) as f64 - x(j) - best_i_val;
-        if excess > best.0 {
-            best = (excess, best_i, j);
-        }
-    }
-    let (excess, i, j) = best;
-    Window {
-        excess,
-        from: times[i],
-        len: times[j] - times[i],
-        count: j - i + 1,
-    }
-}
-
 #[test]
 fn max_excess_finds_the_worst_window() {
     let ms = Duration::from_millis;
@@ -1051,6 +985,68 @@ fn max_excess_finds_the_worst_window() {
 // A bug found on the way.
 // ---------------------------------------------------------------------------
 
+/// The load of the two race tests below: `pools` pools of 4 workers, each on a
+/// concurrency limit of its own, each running one instant job after another
+/// for `run`, or until one pool sees `stop_on` of its limit's stats non-zero.
+struct Churn {
+    pools: usize,
+    run: Duration,
+    /// Pool `i`'s limit.
+    limit: fn(&RedisLimits, usize) -> SharedConcurrency,
+    /// Whether one job of each pool holds a slot throughout.
+    hold_one: bool,
+    /// Between two jobs: a sleep this long, or (`None`) a yield.
+    gap: Option<Duration>,
+    stop_on: fn(&SharedStats) -> u64,
+}
+
+impl Churn {
+    /// Runs it on `rt` against Redis at `url`: each pool's last stats, the
+    /// jobs run, and how long it took.
+    fn run(&self, rt: &tokio::runtime::Runtime, url: &str) -> (Vec<SharedStats>, usize, Duration) {
+        rt.block_on(async {
+            let limits = fleet_limits(url).await;
+            let t = Instant::now();
+            let ran = Arc::new(AtomicUsize::new(0));
+            let seen = Arc::new(AtomicUsize::new(0));
+            let mut tasks = Vec::new();
+            for i in 0..self.pools {
+                let conc = (self.limit)(&limits, i);
+                let (ran, seen) = (ran.clone(), seen.clone());
+                let (run, hold_one, gap, stop_on) =
+                    (self.run, self.hold_one, self.gap, self.stop_on);
+                tasks.push(tokio::spawn(async move {
+                    let pool = limited_pool(4, &[&conc]);
+                    let long = if hold_one {
+                        Some(pool.submit(std::future::pending::<()>()).await.unwrap())
+                    } else {
+                        None
+                    };
+                    while t.elapsed() < run && seen.load(Ordering::SeqCst) == 0 {
+                        pool.run(async {}).await.unwrap();
+                        ran.fetch_add(1, Ordering::Relaxed);
+                        seen.fetch_add(stop_on(&conc.stats()) as usize, Ordering::SeqCst);
+                        match gap {
+                            Some(d) => tokio::time::sleep(d).await,
+                            None => tokio::task::yield_now().await,
+                        }
+                    }
+                    if let Some(long) = long {
+                        long.cancel();
+                    }
+                    pool.shutdown().await;
+                    conc.stats()
+                }));
+            }
+            let mut stats = Vec::new();
+            for task in tasks {
+                stats.push(task.await.unwrap());
+            }
+            (stats, ran.load(Ordering::Relaxed), t.elapsed())
+        })
+    }
+}
+
 /// `SharedStats::lost` counts slots "found expired on renewal (Redis was
 /// unreachable for longer than the TTL, or the process was paused)", and each
 /// is logged as "slots expired before renewal". Here Redis answers within ms
@@ -1067,7 +1063,7 @@ fn max_excess_finds_the_worst_window() {
 #[test]
 fn slots_given_back_during_a_renewal_are_not_lost() {
     let _serial = serial();
-    let Some(redis) = redis_server::RedisServer::start() else {
+    let Some(redis) = RedisServer::start() else {
         return;
     };
     const FLUSH: Duration = Duration::from_millis(50);
@@ -1090,49 +1086,24 @@ fn slots_given_back_during_a_renewal_are_not_lost() {
             }
         })
     };
-    let rt = runtime();
-    let url = redis.url();
-    let (stats, ran, took) = rt.block_on(async {
-        let limits = RedisLimits::connect(&url).await.unwrap().prefix(PREFIX);
-        let t = Instant::now();
-        let ran = Arc::new(AtomicUsize::new(0));
-        let lost = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for i in 0..POOLS {
-            let conc = limits
+    let (stats, ran, took) = Churn {
+        pools: POOLS,
+        run: RUN,
+        limit: |limits, i| {
+            limits
                 .concurrency(format!("lost-{i}"), 4)
                 .ttl(Duration::from_millis(300))
-                .on_error(OnError::Closed);
-            let (ran, lost) = (ran.clone(), lost.clone());
-            tasks.push(tokio::spawn(async move {
-                let pool = Pool::builder()
-                    .workers(4)
-                    .shared_concurrency(conc.clone())
-                    .build()
-                    .unwrap();
-                // One job holds a slot throughout: the pool's slots are
-                // renewed every 100 ms.
-                let long = pool.submit(std::future::pending::<()>()).await.unwrap();
-                // Short jobs with gaps: a second slot is taken, freed, and
-                // given back after its linger, over and over.
-                while t.elapsed() < RUN && lost.load(Ordering::SeqCst) == 0 {
-                    pool.run(async {}).await.unwrap();
-                    ran.fetch_add(1, Ordering::Relaxed);
-                    lost.fetch_add(conc.stats().lost as usize, Ordering::SeqCst);
-                    // Load shape, not a wait for anything.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                long.cancel();
-                pool.shutdown().await;
-                conc.stats()
-            }));
-        }
-        let mut stats = Vec::new();
-        for task in tasks {
-            stats.push(task.await.unwrap());
-        }
-        (stats, ran.load(Ordering::Relaxed), t.elapsed())
-    });
+                .on_error(OnError::Closed)
+        },
+        // One job holds a slot throughout: the pool's slots are renewed every
+        // 100 ms. The short jobs, with gaps, take a second slot, free it, and
+        // give it back after its linger, over and over.
+        hold_one: true,
+        // Load shape, not a wait for anything.
+        gap: Some(Duration::from_millis(2)),
+        stop_on: |s| s.lost,
+    }
+    .run(&runtime(), &redis.url());
     stop.store(true, Ordering::SeqCst);
     flusher.join().unwrap();
     let lost: u64 = stats.iter().map(|s| s.lost).sum();
@@ -1170,7 +1141,7 @@ fn slots_given_back_during_a_renewal_are_not_lost() {
 #[test]
 fn a_closed_limit_never_starts_a_job_without_a_slot() {
     let _serial = serial();
-    let Some(redis) = redis_server::RedisServer::start() else {
+    let Some(redis) = RedisServer::start() else {
         return;
     };
     const POOLS: usize = 16;
@@ -1180,41 +1151,19 @@ fn a_closed_limit_never_starts_a_job_without_a_slot() {
         .enable_all()
         .build()
         .unwrap();
-    let url = redis.url();
-    let (stats, ran, took) = rt.block_on(async {
-        let limits = RedisLimits::connect(&url).await.unwrap().prefix(PREFIX);
-        let t = Instant::now();
-        let ran = Arc::new(AtomicUsize::new(0));
-        let unheld = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for i in 0..POOLS {
-            let conc = limits
+    let (stats, ran, took) = Churn {
+        pools: POOLS,
+        run: RUN,
+        limit: |limits, i| {
+            limits
                 .concurrency(format!("unheld-{i}"), 4)
-                .on_error(OnError::Closed);
-            let (ran, unheld) = (ran.clone(), unheld.clone());
-            tasks.push(tokio::spawn(async move {
-                let pool = Pool::builder()
-                    .workers(4)
-                    .shared_concurrency(conc.clone())
-                    .build()
-                    .unwrap();
-                while t.elapsed() < RUN && unheld.load(Ordering::SeqCst) == 0 {
-                    pool.run(async {}).await.unwrap();
-                    ran.fetch_add(1, Ordering::Relaxed);
-                    let n = conc.stats().started_on_error as usize;
-                    unheld.fetch_add(n, Ordering::SeqCst);
-                    tokio::task::yield_now().await;
-                }
-                pool.shutdown().await;
-                conc.stats()
-            }));
-        }
-        let mut stats = Vec::new();
-        for task in tasks {
-            stats.push(task.await.unwrap());
-        }
-        (stats, ran.load(Ordering::Relaxed), t.elapsed())
-    });
+                .on_error(OnError::Closed)
+        },
+        hold_one: false,
+        gap: None,
+        stop_on: |s| s.started_on_error,
+    }
+    .run(&rt, &redis.url());
     let errors: u64 = stats.iter().map(|s| s.errors).sum();
     let started_on_error: u64 = stats.iter().map(|s| s.started_on_error).sum();
     eprintln!(

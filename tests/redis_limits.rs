@@ -19,6 +19,8 @@
 //! The tests at the end are regression tests for bugs this file and a review
 //! found (each described above its test, with the fix).
 
+mod support;
+
 #[path = "support/redis_server.rs"]
 #[allow(dead_code)]
 mod redis_server;
@@ -29,9 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis_server::RedisServer;
-use taskgate::redis::{OnError, RedisConfig, RedisErrorKind, RedisLimits};
-use taskgate::{BuildError, JobError, JobHandle, KeyLimits, LimitError, Pool, Rate};
+use redis_server::{PoolLimit, RedisServer, connection as raw, held_job, limited_pool};
+use support::{Gauge, held};
+use taskgate::redis::{
+    OnError, RedisConfig, RedisErrorKind, RedisLimits, SharedConcurrency, SharedRate,
+};
+use taskgate::{BuildError, JobBuilder, JobError, JobHandle, KeyLimits, LimitError, Pool, Rate};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -45,13 +50,12 @@ async fn timing() -> tokio::sync::MutexGuard<'static, ()> {
     TIMING.lock().await
 }
 
-/// A plain connection for inspecting Redis directly.
-async fn raw(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+/// A server of the test's own and a handle on it (`RedisLimits::connect`), or
+/// `None` where the test is skipped (see `RedisServer::start`).
+async fn start_redis() -> Option<(RedisServer, RedisLimits)> {
+    let server = RedisServer::start()?;
+    let redis = RedisLimits::connect(&server.url()).await.unwrap();
+    Some((server, redis))
 }
 
 async fn dbsize(c: &mut MultiplexedConnection) -> u64 {
@@ -59,7 +63,7 @@ async fn dbsize(c: &mut MultiplexedConnection) -> u64 {
 }
 
 async fn keys(c: &mut MultiplexedConnection) -> Vec<String> {
-    redis::cmd("KEYS").arg("*").query_async(c).await.unwrap()
+    redis_server::keys(c, "*").await
 }
 
 /// Concurrency slots held in Redis: the members of every sorted set.
@@ -89,12 +93,23 @@ async fn calls(c: &mut MultiplexedConnection, name: &str) -> u64 {
         .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
 }
 
+async fn flush_scripts(c: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
 /// Polls `cond` every 5 ms until it holds; how long that took, or `None` after
 /// `limit`.
-async fn poll_sync(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+async fn poll<F: Future<Output = bool>>(
+    limit: Duration,
+    mut cond: impl FnMut() -> F,
+) -> Option<Duration> {
     let t0 = Instant::now();
     loop {
-        if cond() {
+        if cond().await {
             return Some(t0.elapsed());
         }
         if t0.elapsed() > limit {
@@ -104,19 +119,19 @@ async fn poll_sync(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Du
     }
 }
 
+/// [`poll`] with a condition that need not wait.
+async fn poll_sync(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    poll(limit, || std::future::ready(cond())).await
+}
+
 /// Polls until Redis holds no concurrency slot; how long that took.
 async fn slots_drained(url: &str, limit: Duration) -> Option<Duration> {
-    let mut c = raw(url).await;
-    let t0 = Instant::now();
-    loop {
-        if slots(&mut c).await == 0 {
-            return Some(t0.elapsed());
-        }
-        if t0.elapsed() > limit {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let c = raw(url).await;
+    poll(limit, || {
+        let mut c = c.clone();
+        async move { slots(&mut c).await == 0 }
+    })
+    .await
 }
 
 type Log = Arc<Mutex<Vec<Instant>>>;
@@ -141,39 +156,44 @@ fn sorted(log: &Log) -> Vec<Instant> {
     v
 }
 
-/// Jobs running now, and the most at once.
-#[derive(Default)]
-struct Gauge {
-    now: AtomicUsize,
-    max: AtomicUsize,
-}
-
-struct InFlight(Arc<Gauge>);
-
-impl Gauge {
-    fn enter(self: &Arc<Self>) -> InFlight {
-        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max.fetch_max(n, Ordering::SeqCst);
-        InFlight(self.clone())
-    }
-    fn max(&self) -> usize {
-        self.max.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A job that counts itself in `g` while it sleeps `d`.
-fn busy(g: &Arc<Gauge>, d: Duration) -> impl Future<Output = ()> + Send + 'static {
-    let g = g.clone();
+/// A job that counts its start in `n`, and returns when it started.
+fn counted(n: &Arc<AtomicUsize>) -> impl Future<Output = Instant> + Send + 'static {
+    let n = n.clone();
     async move {
-        let _in = g.enter();
-        tokio::time::sleep(d).await;
+        n.fetch_add(1, Ordering::SeqCst);
+        Instant::now()
     }
+}
+
+/// Submits `n` jobs made by `job` to `pool`.
+async fn submit_n<F>(pool: &Pool, n: usize, mut job: impl FnMut() -> F) -> Vec<JobHandle<F::Output>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut hs = Vec::new();
+    for _ in 0..n {
+        hs.push(pool.submit(job()).await.unwrap());
+    }
+    hs
+}
+
+/// Submits `n` jobs of `key` made by `job` to `pool`.
+async fn submit_keyed<F>(
+    pool: &Pool,
+    key: &'static str,
+    n: usize,
+    mut job: impl FnMut() -> F,
+) -> Vec<JobHandle<F::Output>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut hs = Vec::new();
+    for _ in 0..n {
+        hs.push(pool.job(job()).key(key).submit().await.unwrap());
+    }
+    hs
 }
 
 async fn join<T>(hs: Vec<JobHandle<T>>, limit: Duration) -> Vec<Result<T, JobError>> {
@@ -182,18 +202,58 @@ async fn join<T>(hs: Vec<JobHandle<T>>, limit: Duration) -> Vec<Result<T, JobErr
         .expect("jobs stuck: not all resolved in time")
 }
 
+/// [`join`], and every job ran to its end.
+async fn join_ok<T>(hs: Vec<JobHandle<T>>, limit: Duration) -> Vec<T> {
+    join(hs, limit)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Pools of `workers` workers on `rate` and on `conc`, after a job each: the
+/// rate has leased, and the concurrency limit's idle slot has gone back to
+/// Redis (none is left to start a job with).
+async fn rate_and_conc_pools(
+    url: &str,
+    workers: usize,
+    rate: &SharedRate,
+    conc: &SharedConcurrency,
+) -> (Pool, Pool) {
+    let rpool = limited_pool(workers, &[rate]);
+    let cpool = limited_pool(workers, &[conc]);
+    rpool.run(async {}).await.unwrap();
+    cpool.run(async {}).await.unwrap();
+    slots_drained(url, Duration::from_secs(2))
+        .await
+        .expect("idle slot not given back");
+    (rpool, cpool)
+}
+
+/// A pool of 4 workers with `conc` as its pool-level limit, or (`keyed`) as
+/// every key's; its jobs go through [`on_key`].
+fn conc_pool(conc: &SharedConcurrency, keyed: bool) -> Pool {
+    if keyed {
+        limited_pool(4, &[&KeyLimits::new().shared_concurrency(conc.clone())])
+    } else {
+        limited_pool(4, &[conc])
+    }
+}
+
+/// `job`, of key "k" if `keyed`.
+fn on_key<F>(job: JobBuilder<'_, F>, keyed: bool) -> JobBuilder<'_, F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if keyed { job.key("k") } else { job }
+}
+
 /// The largest `count - (allow + r·t)` over every window `[s_i, s_j]` of sorted
 /// start times: `> 0` where more started than the bound allows.
 fn max_excess(starts: &[Instant], per_sec: f64, allow: f64) -> f64 {
-    let mut worst = f64::MIN;
-    for i in 0..starts.len() {
-        for j in i..starts.len() {
-            let t = (starts[j] - starts[i]).as_secs_f64();
-            let count = (j - i + 1) as f64;
-            worst = worst.max(count - (allow + per_sec * t));
-        }
-    }
-    worst
+    let since: Vec<Duration> = starts.iter().map(|&t| t - starts[0]).collect();
+    redis_server::max_excess(&since, per_sec).excess - allow
 }
 
 fn ms(d: Duration) -> f64 {
@@ -210,19 +270,14 @@ fn ms(d: Duration) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_open_starts_jobs_unlimited_then_resumes() {
     let _t = timing().await;
-    let Some(mut server) = RedisServer::start() else {
+    let Some((mut server, redis)) = start_redis().await else {
         return;
     };
-    let redis = RedisLimits::connect(&server.url()).await.unwrap();
     let rate = redis
         .rate("open", Rate::per_second(20))
         .on_error(OnError::Open);
     assert_eq!(rate.effective_lease(), 1);
-    let pool = Pool::builder()
-        .workers(16)
-        .shared_rate(rate.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(16, &[&rate]);
     pool.run(async {}).await.unwrap();
     let s = rate.stats();
     assert_eq!(
@@ -234,13 +289,8 @@ async fn down_open_starts_jobs_unlimited_then_resumes() {
     server.kill();
     let killed = Instant::now();
     let starts = log();
-    let mut hs = Vec::new();
-    for _ in 0..100 {
-        hs.push(pool.submit(stamp(&starts)).await.unwrap());
-    }
-    for r in join(hs, Duration::from_secs(5)).await {
-        r.unwrap();
-    }
+    let hs = submit_n(&pool, 100, || stamp(&starts)).await;
+    join_ok(hs, Duration::from_secs(5)).await;
     let all = killed.elapsed();
     let starts = sorted(&starts);
     let first = starts[0] - killed;
@@ -263,16 +313,12 @@ async fn down_open_starts_jobs_unlimited_then_resumes() {
     server.restart();
     let restarted = Instant::now();
     // Jobs keep coming; the limit probes Redis while they do.
-    let mut resumed = None;
-    while restarted.elapsed() < Duration::from_secs(3) {
+    let resumed = poll(Duration::from_secs(3), || async {
         pool.run(async {}).await.unwrap();
-        if rate.stats().on_error_now == 0 {
-            resumed = Some(restarted.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let resumed = resumed.expect("shared limiting did not resume within 3 s");
+        rate.stats().on_error_now == 0
+    })
+    .await
+    .expect("shared limiting did not resume within 3 s");
     let s = rate.stats();
     eprintln!("open: resumed {:.0} ms after restart; {s:?}", ms(resumed));
     assert!(resumed < Duration::from_secs(1), "{resumed:?}");
@@ -287,10 +333,7 @@ async fn down_open_starts_jobs_unlimited_then_resumes() {
     // over >= 300 ms, with shared tokens, none started on error.
     let before = rate.stats();
     let starts = log();
-    let mut hs = Vec::new();
-    for _ in 0..8 {
-        hs.push(pool.submit(stamp(&starts)).await.unwrap());
-    }
+    let hs = submit_n(&pool, 8, || stamp(&starts)).await;
     join(hs, Duration::from_secs(3)).await;
     let starts = sorted(&starts);
     let spread = starts[7] - starts[0];
@@ -311,58 +354,33 @@ async fn down_open_starts_jobs_unlimited_then_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_closed_starts_nothing_queue_timeouts_and_cancels_still_resolve() {
     let _t = timing().await;
-    let Some(mut server) = RedisServer::start() else {
+    let Some((mut server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     let rate = redis
         .rate("closed", Rate::per_second(100).burst(5))
         .lease(1)
         .on_error(OnError::Closed);
     let conc = redis.concurrency("closed", 4).on_error(OnError::Closed);
-    let rpool = Pool::builder()
-        .workers(8)
-        .shared_rate(rate.clone())
-        .build()
-        .unwrap();
-    let cpool = Pool::builder()
-        .workers(8)
-        .shared_concurrency(conc.clone())
-        .build()
-        .unwrap();
-    rpool.run(async {}).await.unwrap();
-    cpool.run(async {}).await.unwrap();
-    // The idle slot goes back to Redis: none is left to start a job with.
-    slots_drained(&url, Duration::from_secs(2))
-        .await
-        .expect("idle slot not given back");
+    let (rpool, cpool) = rate_and_conc_pools(&url, 8, &rate, &conc).await;
 
     server.kill();
     let killed = Instant::now();
     let started = Arc::new(AtomicUsize::new(0));
-    let flag = |s: &Arc<AtomicUsize>| {
-        let s = s.clone();
-        async move {
-            s.fetch_add(1, Ordering::SeqCst);
-            Instant::now()
-        }
-    };
     let mut timed = Vec::new();
     let mut cancelled = Vec::new();
     let mut waiting = Vec::new();
     for pool in [&rpool, &cpool] {
         let qt = pool
-            .job(flag(&started))
+            .job(counted(&started))
             .queue_timeout(Duration::from_secs(1))
             .submit()
             .await
             .unwrap();
         timed.push((Instant::now(), qt));
-        cancelled.push(pool.submit(flag(&started)).await.unwrap());
-        for _ in 0..3 {
-            waiting.push(pool.submit(flag(&started)).await.unwrap());
-        }
+        cancelled.push(pool.submit(counted(&started)).await.unwrap());
+        waiting.extend(submit_n(pool, 3, || counted(&started)).await);
     }
     let in_force = poll_sync(Duration::from_secs(3), || {
         rate.stats().on_error_now == 1 && conc.stats().on_error_now == 1
@@ -418,8 +436,8 @@ async fn down_closed_starts_nothing_queue_timeouts_and_cancels_still_resolve() {
 
     server.restart();
     let restarted = Instant::now();
-    let results = join(waiting, Duration::from_secs(3)).await;
-    let last = results.iter().map(|r| *r.as_ref().unwrap()).max().unwrap();
+    let results = join_ok(waiting, Duration::from_secs(3)).await;
+    let last = results.into_iter().max().unwrap();
     let resumed = last - restarted;
     eprintln!(
         "closed: all 6 waiting jobs started {:.0} ms after restart; rate {:?}; conc {:?}",
@@ -444,60 +462,32 @@ async fn down_closed_starts_nothing_queue_timeouts_and_cancels_still_resolve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_local_enforces_the_same_limits_in_process() {
     let _t = timing().await;
-    let Some(mut server) = RedisServer::start() else {
+    let Some((mut server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     let rate = redis.rate("local", Rate::per_second(20).burst(2)).lease(1);
     let conc = redis.concurrency("local", 2);
     assert_eq!(rate.policy(), OnError::Local);
     assert_eq!(conc.policy(), OnError::Local);
-    let rpool = Pool::builder()
-        .workers(16)
-        .shared_rate(rate.clone())
-        .build()
-        .unwrap();
-    let cpool = Pool::builder()
-        .workers(16)
-        .shared_concurrency(conc.clone())
-        .build()
-        .unwrap();
-    rpool.run(async {}).await.unwrap();
-    cpool.run(async {}).await.unwrap();
-    slots_drained(&url, Duration::from_secs(2))
-        .await
-        .expect("idle slot not given back");
+    let (rpool, cpool) = rate_and_conc_pools(&url, 16, &rate, &conc).await;
 
     server.kill();
     let killed = Instant::now();
     let rstarts = log();
-    let mut rhs = Vec::new();
-    for _ in 0..40 {
-        rhs.push(rpool.submit(stamp(&rstarts)).await.unwrap());
-    }
-    let g = Arc::new(Gauge::default());
-    let mut chs = Vec::new();
-    for _ in 0..30 {
-        chs.push(
-            cpool
-                .submit(busy(&g, Duration::from_millis(30)))
-                .await
-                .unwrap(),
-        );
-    }
-    for r in join(chs, Duration::from_secs(5)).await {
-        r.unwrap();
-    }
+    let rhs = submit_n(&rpool, 40, || stamp(&rstarts)).await;
+    let g = Gauge::default();
+    let chs = submit_n(&cpool, 30, || held(&g, Duration::from_millis(30))).await;
+    join_ok(chs, Duration::from_secs(5)).await;
     let conc_done = killed.elapsed();
     let cs = conc.stats();
     eprintln!(
         "local: 30 conc jobs done {:.0} ms after kill, at most {} at once; {cs:?}",
         ms(conc_done),
-        g.max()
+        g.peak()
     );
     assert_eq!(
-        g.max(),
+        g.peak(),
         2,
         "concurrency 2 not enforced (or not reached) locally"
     );
@@ -531,15 +521,11 @@ async fn down_local_enforces_the_same_limits_in_process() {
     let restarted = Instant::now();
     // The rate has jobs waiting, which probe Redis; the concurrency limit is
     // probed by new jobs.
-    let mut conc_back = None;
-    while restarted.elapsed() < Duration::from_secs(3) {
+    let conc_back = poll(Duration::from_secs(3), || async {
         cpool.run(async {}).await.unwrap();
-        if conc.stats().on_error_now == 0 {
-            conc_back = Some(restarted.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        conc.stats().on_error_now == 0
+    })
+    .await;
     let rate_back = poll_sync(Duration::from_secs(3), || rate.stats().on_error_now == 0)
         .await
         .map(|_| restarted.elapsed());
@@ -575,20 +561,15 @@ async fn down_local_enforces_the_same_limits_in_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_times_out_then_policy_then_resumes() {
     let _t = timing().await;
-    let Some(server) = RedisServer::start() else {
+    let Some((server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     let conc = redis
         .concurrency("paused", 1)
         .ttl(Duration::from_millis(300))
         .on_error(OnError::Open);
-    let pool = Pool::builder()
-        .workers(16)
-        .shared_concurrency(conc.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(16, &[&conc]);
     pool.run(async {}).await.unwrap();
     slots_drained(&url, Duration::from_secs(2))
         .await
@@ -596,21 +577,17 @@ async fn paused_redis_times_out_then_policy_then_resumes() {
 
     server.pause();
     let paused = Instant::now();
-    let g = Arc::new(Gauge::default());
+    let g = Gauge::default();
     let starts = log();
-    let mut hs = Vec::new();
-    for _ in 0..8 {
+    let hs = submit_n(&pool, 8, || {
         let s = stamp(&starts);
-        let b = busy(&g, Duration::from_millis(150));
-        hs.push(
-            pool.submit(async move {
-                s.await;
-                b.await
-            })
-            .await
-            .unwrap(),
-        );
-    }
+        let b = held(&g, Duration::from_millis(150));
+        async move {
+            s.await;
+            b.await
+        }
+    })
+    .await;
     let results = join(hs, Duration::from_secs(3)).await;
     let t = Instant::now();
     let e = redis.ping().await.unwrap_err();
@@ -625,7 +602,7 @@ async fn paused_redis_times_out_then_policy_then_resumes() {
     eprintln!(
         "paused: policy in force {:.0} ms after SIGSTOP; {} at once (limit 1); {s:?}",
         ms(first),
-        g.max()
+        g.peak()
     );
     for r in results {
         r.unwrap();
@@ -633,7 +610,7 @@ async fn paused_redis_times_out_then_policy_then_resumes() {
     // A timeout, not a fast failure; and within the call timeout (+ noise).
     assert!(first >= Duration::from_millis(200), "{first:?}");
     assert!(first < Duration::from_millis(1000), "{first:?}");
-    assert!(g.max() >= 2, "Open did not lift the limit");
+    assert!(g.peak() >= 2, "Open did not lift the limit");
     assert!(s.errors >= 1 && s.on_error_now == 1, "{s:?}");
     assert_eq!(s.started_on_error, 8, "{s:?}");
 
@@ -652,23 +629,12 @@ async fn paused_redis_times_out_then_policy_then_resumes() {
     let resumed = resumed.expect("did not resume after SIGCONT");
     eprintln!("paused: resumed {:.0} ms after SIGCONT", ms(resumed));
     assert!(resumed < Duration::from_secs(1));
-    for r in join(hs, Duration::from_secs(3)).await {
-        r.unwrap();
-    }
+    join_ok(hs, Duration::from_secs(3)).await;
     // The limit holds again.
-    let g = Arc::new(Gauge::default());
-    let mut hs = Vec::new();
-    for _ in 0..4 {
-        hs.push(
-            pool.submit(busy(&g, Duration::from_millis(40)))
-                .await
-                .unwrap(),
-        );
-    }
-    for r in join(hs, Duration::from_secs(3)).await {
-        r.unwrap();
-    }
-    assert_eq!(g.max(), 1);
+    let g = Gauge::default();
+    let hs = submit_n(&pool, 4, || held(&g, Duration::from_millis(40))).await;
+    join_ok(hs, Duration::from_secs(3)).await;
+    assert_eq!(g.peak(), 1);
     assert!(conc.stats().time_on_error > Duration::ZERO);
 }
 
@@ -695,30 +661,14 @@ async fn hung_redis_blocks_only_the_key_that_needs_it() {
     let a_rate = redis
         .rate("a", Rate::per_second(100).burst(5))
         .on_error(OnError::Closed);
-    let pool = Pool::builder()
-        .workers(2)
-        .key_limits(KeyLimits::new().shared_rate(a_rate.clone()))
-        .build()
-        .unwrap();
+    let pool = limited_pool(2, &[&KeyLimits::new().shared_rate(a_rate.clone())]);
     pool.set_key_limits("b", KeyLimits::new()).unwrap();
     pool.job(async {}).key("a").run().await.unwrap();
 
     server.pause();
     let paused = Instant::now();
     let a_started = Arc::new(AtomicUsize::new(0));
-    let mut ahs = Vec::new();
-    for _ in 0..4 {
-        let n = a_started.clone();
-        ahs.push(
-            pool.job(async move {
-                n.fetch_add(1, Ordering::SeqCst);
-            })
-            .key("a")
-            .submit()
-            .await
-            .unwrap(),
-        );
-    }
+    let ahs = submit_keyed(&pool, "a", 4, || counted(&a_started)).await;
     let mut worst = Duration::ZERO;
     let mut ran = 0;
     // 2.6 s: the first call in flight (2 s), its failure, and probes after it.
@@ -748,9 +698,7 @@ async fn hung_redis_blocks_only_the_key_that_needs_it() {
 
     server.resume();
     let resumed = Instant::now();
-    for r in join(ahs, Duration::from_secs(4)).await {
-        r.unwrap();
-    }
+    join_ok(ahs, Duration::from_secs(4)).await;
     eprintln!(
         "never under the lock: key a's jobs ran {:.0} ms after SIGCONT",
         ms(resumed.elapsed())
@@ -763,18 +711,13 @@ async fn hung_redis_blocks_only_the_key_that_needs_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_out_of_shared_tokens_holds_no_worker() {
     let _t = timing().await;
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, redis)) = start_redis().await else {
         return;
     };
-    let redis = RedisLimits::connect(&server.url()).await.unwrap();
     let rate = redis
         .rate("slow", Rate::new(1, Duration::from_secs(2)))
         .on_error(OnError::Closed);
-    let pool = Pool::builder()
-        .workers(1)
-        .key_limits(KeyLimits::new().shared_rate(rate.clone()))
-        .build()
-        .unwrap();
+    let pool = limited_pool(1, &[&KeyLimits::new().shared_rate(rate.clone())]);
     pool.set_key_limits("b", KeyLimits::new()).unwrap();
     let a1 = pool
         .job(async { Instant::now() })
@@ -823,35 +766,20 @@ async fn key_out_of_shared_tokens_holds_no_worker() {
 /// none once it answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_reload_after_flush_and_restart() {
-    let Some(mut server) = RedisServer::start() else {
+    let Some((mut server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     let rate = redis
         .rate("flush", Rate::per_second(1000).burst(10))
         .on_error(OnError::Closed);
     let conc = redis.concurrency("flush", 4).on_error(OnError::Closed);
-    let pool = Pool::builder()
-        .workers(8)
-        .shared_rate(rate.clone())
-        .shared_concurrency(conc.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(8, &[&rate, &conc]);
     let batch = |n: usize| {
         let pool = pool.clone();
         async move {
-            let mut hs = Vec::new();
-            for _ in 0..n {
-                hs.push(
-                    pool.submit(tokio::time::sleep(Duration::from_millis(2)))
-                        .await
-                        .unwrap(),
-                );
-            }
-            for r in join(hs, Duration::from_secs(5)).await {
-                r.unwrap();
-            }
+            let hs = submit_n(&pool, n, || tokio::time::sleep(Duration::from_millis(2))).await;
+            join_ok(hs, Duration::from_secs(5)).await;
         }
     };
     batch(40).await;
@@ -865,11 +793,7 @@ async fn scripts_reload_after_flush_and_restart() {
     assert!(evalsha >= 5, "{evalsha}");
     assert!((2..=8).contains(&loads), "{loads} SCRIPT LOADs");
     assert_eq!(calls(&mut c, "eval").await, 0);
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    flush_scripts(&mut c).await;
     let t = Instant::now();
     batch(40).await;
     let reloads = calls(&mut c, "script|load").await - loads;
@@ -897,12 +821,7 @@ async fn scripts_reload_after_flush_and_restart() {
     );
     assert!(after_restart.0 + after_restart.1 <= 6, "{after_restart:?}");
     batch(40).await;
-    let mut c = raw(&url).await;
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    flush_scripts(&mut raw(&url).await).await;
     batch(40).await;
     assert_eq!(
         (rate.stats().errors, conc.stats().errors),
@@ -923,11 +842,10 @@ async fn scripts_reload_after_flush_and_restart() {
 async fn many_keys_leave_nothing_behind() {
     // Heavy on the CPU: not alongside the timing tests.
     let _t = timing().await;
-    let Some(server) = RedisServer::start() else {
+    let Some((server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     // Rate keys live until their TAT: 500 ms after one token at 2/s.
     let rate = redis
         .rate("exp", Rate::per_second(2))
@@ -936,15 +854,12 @@ async fn many_keys_leave_nothing_behind() {
         .concurrency("exp", 2)
         .ttl(Duration::from_millis(300))
         .on_error(OnError::Closed);
-    let pool = Pool::builder()
-        .workers(64)
-        .key_limits(
-            KeyLimits::new()
-                .shared_rate(rate.clone())
-                .shared_concurrency(conc.clone()),
-        )
-        .build()
-        .unwrap();
+    let pool = limited_pool(
+        64,
+        &[&KeyLimits::new()
+            .shared_rate(rate.clone())
+            .shared_concurrency(conc.clone())],
+    );
     let t = Instant::now();
     let mut hs = Vec::new();
     for i in 0..2000 {
@@ -956,22 +871,15 @@ async fn many_keys_leave_nothing_behind() {
                 .unwrap(),
         );
     }
-    for r in join(hs, Duration::from_secs(20)).await {
-        r.unwrap();
-    }
+    join_ok(hs, Duration::from_secs(20)).await;
     let ran = t.elapsed();
     let mut c = raw(&url).await;
     let left = dbsize(&mut c).await;
-    let done = Instant::now();
-    let drained = loop {
-        if dbsize(&mut c).await == 0 {
-            break Some(done.elapsed());
-        }
-        if done.elapsed() > Duration::from_secs(6) {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let drained = poll(Duration::from_secs(6), || {
+        let mut c = c.clone();
+        async move { dbsize(&mut c).await == 0 }
+    })
+    .await;
     let (rs, cs) = (rate.stats(), conc.stats());
     eprintln!(
         "expiry: 2000 keys ran in {:.0} ms; {left} Redis keys when they ended; DBSIZE 0 after {:?} ms; rate {rs:?}; conc {cs:?}",
@@ -1002,11 +910,11 @@ fn one_per_10s() -> Rate {
 /// queue timeout of `qt`: `Ok` if it started, `Err(QueueTimedOut)` if the
 /// shared state was used up.
 async fn one_job(
-    pool_limits: impl FnOnce(taskgate::Builder) -> taskgate::Builder,
+    limits: &dyn PoolLimit,
     key: Option<&'static str>,
     qt: Duration,
 ) -> Result<(), JobError> {
-    let pool = pool_limits(Pool::builder().workers(2)).build().unwrap();
+    let pool = limited_pool(2, &[limits]);
     let job = pool.job(async {}).queue_timeout(qt);
     let job = match key {
         Some(k) => job.key(k),
@@ -1021,41 +929,36 @@ async fn one_job(
 /// twice) does share, so the test can see sharing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_names_and_keys_never_share_state() {
-    let Some(server) = RedisServer::start() else {
+    let Some((server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     let quick = Duration::from_millis(800);
     let keyed = |name: &str| {
         let r = redis.rate(name, one_per_10s()).on_error(OnError::Closed);
-        move |b: taskgate::Builder| b.key_limits(KeyLimits::new().shared_rate(r))
+        KeyLimits::new().shared_rate(r)
     };
     // Name "a:b", key "c": uses the only token.
-    one_job(keyed("a:b"), Some("c"), quick).await.unwrap();
+    one_job(&keyed("a:b"), Some("c"), quick).await.unwrap();
     // Name "a", key "b:c": its own state.
-    one_job(keyed("a"), Some("b:c"), quick).await.unwrap();
+    one_job(&keyed("a"), Some("b:c"), quick).await.unwrap();
     // Name "a", key "b:c" again, from another SharedRate object: shared (control).
     assert_eq!(
-        one_job(keyed("a"), Some("b:c"), quick).await,
+        one_job(&keyed("a"), Some("b:c"), quick).await,
         Err(JobError::QueueTimedOut)
     );
     // Control: "a:b"/"c" is used up too.
     assert_eq!(
-        one_job(keyed("a:b"), Some("c"), quick).await,
+        one_job(&keyed("a:b"), Some("c"), quick).await,
         Err(JobError::QueueTimedOut)
     );
 
     // Pool-level "x" vs key "" of per-key "x".
     let pool_x = redis.rate("x", one_per_10s()).on_error(OnError::Closed);
-    let px = pool_x.clone();
-    one_job(move |b| b.shared_rate(px), None, quick)
-        .await
-        .unwrap();
-    one_job(keyed("x"), Some(""), quick).await.unwrap();
-    let px = pool_x.clone();
+    one_job(&pool_x, None, quick).await.unwrap();
+    one_job(&keyed("x"), Some(""), quick).await.unwrap();
     assert_eq!(
-        one_job(move |b| b.shared_rate(px), None, quick).await,
+        one_job(&pool_x, None, quick).await,
         Err(JobError::QueueTimedOut)
     );
 
@@ -1064,18 +967,9 @@ async fn distinct_names_and_keys_never_share_state() {
     // (WRONGTYPE would count an error, and Closed would not start).
     let r = redis.rate("same", one_per_10s()).on_error(OnError::Closed);
     let c = redis.concurrency("same", 1).on_error(OnError::Closed);
-    let rr = r.clone();
-    one_job(move |b| b.shared_rate(rr), None, quick)
-        .await
-        .unwrap();
-    let cc = c.clone();
-    one_job(move |b| b.shared_concurrency(cc), None, quick)
-        .await
-        .unwrap();
-    let cc = c.clone();
-    one_job(move |b| b.shared_concurrency(cc), None, quick)
-        .await
-        .unwrap();
+    one_job(&r, None, quick).await.unwrap();
+    one_job(&c, None, quick).await.unwrap();
+    one_job(&c, None, quick).await.unwrap();
     assert_eq!(r.stats().errors, 0, "{:?}", r.stats());
     assert_eq!(c.stats().errors, 0, "{:?}", c.stats());
     let mut conn = raw(&url).await;
@@ -1088,36 +982,31 @@ async fn distinct_names_and_keys_never_share_state() {
 /// Every key is under its prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefixes_separate_limits() {
-    let Some(server) = RedisServer::start() else {
+    let Some((server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     let p1 = redis.prefix("tenant1");
     let p2 = redis.prefix("tenant2");
     assert_eq!(p1.key_prefix(), "tenant1");
     assert_eq!(redis.key_prefix(), "taskgate");
     let quick = Duration::from_millis(800);
-    let pooled = |h: &RedisLimits| {
-        let r = h.rate("api", one_per_10s()).on_error(OnError::Closed);
-        move |b: taskgate::Builder| b.shared_rate(r)
-    };
-    one_job(pooled(&p1), None, quick).await.unwrap();
-    one_job(pooled(&p2), None, quick).await.unwrap();
+    let api = |h: &RedisLimits| h.rate("api", one_per_10s()).on_error(OnError::Closed);
+    one_job(&api(&p1), None, quick).await.unwrap();
+    one_job(&api(&p2), None, quick).await.unwrap();
     assert_eq!(
-        one_job(pooled(&p1), None, quick).await,
+        one_job(&api(&p1), None, quick).await,
         Err(JobError::QueueTimedOut),
         "same prefix and name must share"
     );
     assert_eq!(
-        one_job(pooled(&p2), None, quick).await,
+        one_job(&api(&p2), None, quick).await,
         Err(JobError::QueueTimedOut)
     );
     // The default prefix is a third namespace.
-    one_job(pooled(&redis), None, quick).await.unwrap();
+    one_job(&api(&redis), None, quick).await.unwrap();
     let mut conn = raw(&url).await;
-    let mut ks = keys(&mut conn).await;
-    ks.sort();
+    let ks = keys(&mut conn).await;
     eprintln!("prefixes: keys {ks:?}");
     assert_eq!(ks.len(), 3, "{ks:?}");
     assert!(ks[0].starts_with("taskgate:"), "{ks:?}");
@@ -1181,13 +1070,10 @@ async fn password_urls_work_and_never_leak() {
         .rate("pw", Rate::per_second(100))
         .on_error(OnError::Closed);
     let conc = redis.concurrency("pw", 2).on_error(OnError::Closed);
-    let pool = Pool::builder()
-        .workers(4)
-        .shared_rate(rate.clone())
-        .shared_concurrency(conc.clone())
-        .key_limits(KeyLimits::new().shared_rate(rate.clone()))
-        .build()
-        .unwrap();
+    let pool = limited_pool(
+        4,
+        &[&rate, &conc, &KeyLimits::new().shared_rate(rate.clone())],
+    );
     pool.job(async {})
         .queue_timeout(Duration::from_secs(2))
         .run()
@@ -1276,52 +1162,25 @@ async fn password_urls_work_and_never_leak() {
 /// and per-key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_while_waiting_for_a_slot_takes_none() {
-    let Some(server) = RedisServer::start() else {
+    let Some((server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     let mut c = raw(&url).await;
     for keyed in [false, true] {
         let conc = redis
             .concurrency(if keyed { "cw-key" } else { "cw-pool" }, 1)
             .on_error(OnError::Closed);
-        let build = || {
-            let b = Pool::builder().workers(4);
-            if keyed {
-                b.key_limits(KeyLimits::new().shared_concurrency(conc.clone()))
-            } else {
-                b.shared_concurrency(conc.clone())
-            }
-            .build()
-            .unwrap()
-        };
-        let (pool_a, pool) = (build(), build());
-        type Job = std::pin::Pin<Box<dyn Future<Output = Instant> + Send>>;
-        let submit_a = |fut: Job| {
-            let j = pool_a.job(fut);
-            let j = if keyed { j.key("k") } else { j };
-            j.submit()
-        };
-        let submit = |fut: Job| {
-            let j = pool.job(fut);
-            let j = if keyed { j.key("k") } else { j };
-            j.submit()
-        };
-        let (a_started_tx, a_started) = tokio::sync::oneshot::channel::<()>();
-        let (a_end, a_end_rx) = tokio::sync::oneshot::channel::<()>();
-        let a = submit_a(Box::pin(async move {
-            let _ = a_started_tx.send(());
-            let _ = a_end_rx.await;
-            Instant::now()
-        })
-            as std::pin::Pin<Box<dyn Future<Output = Instant> + Send>>)
-        .await
-        .unwrap();
+        let (pool_a, pool) = (conc_pool(&conc, keyed), conc_pool(&conc, keyed));
+        let (a_job, a_started, a_end) = held_job();
+        let a = on_key(pool_a.job(a_job), keyed).submit().await.unwrap();
         a_started.await.unwrap();
         assert_eq!(slots(&mut c).await, 1);
         let rt = conc.stats().round_trips;
-        let b = submit(Box::pin(async { Instant::now() })).await.unwrap();
+        let b = on_key(pool.job(async { Instant::now() }), keyed)
+            .submit()
+            .await
+            .unwrap();
         // B has been refused by Redis at least once.
         poll_sync(Duration::from_secs(2), || {
             conc.stats().round_trips >= rt + 2
@@ -1332,7 +1191,10 @@ async fn cancelled_while_waiting_for_a_slot_takes_none() {
         assert_eq!(b.await, Err(JobError::Cancelled));
         assert_eq!(slots(&mut c).await, 1, "B took a slot");
         let rt = conc.stats().round_trips;
-        let c_job = submit(Box::pin(async { Instant::now() })).await.unwrap();
+        let c_job = on_key(pool.job(async { Instant::now() }), keyed)
+            .submit()
+            .await
+            .unwrap();
         // C has asked Redis, and been refused: it has not run.
         poll_sync(Duration::from_secs(2), || conc.stats().round_trips > rt)
             .await
@@ -1363,24 +1225,16 @@ async fn cancelled_while_waiting_for_a_slot_takes_none() {
 /// Redis holds no slot afterwards. Pool-level and per-key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_given_back_after_cancel_timeout_or_panic() {
-    let Some(server) = RedisServer::start() else {
+    let Some((server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     for keyed in [false, true] {
         let conc = redis
             .concurrency(if keyed { "gb-key" } else { "gb-pool" }, 1)
             .on_error(OnError::Closed);
         assert_eq!(conc.slot_ttl(), Duration::from_secs(10));
-        let b = Pool::builder().workers(4);
-        let pool = if keyed {
-            b.key_limits(KeyLimits::new().shared_concurrency(conc.clone()))
-        } else {
-            b.shared_concurrency(conc.clone())
-        }
-        .build()
-        .unwrap();
+        let pool = conc_pool(&conc, keyed);
         for how in ["cancel", "timeout", "panic"] {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let job = pool.job(async move {
@@ -1390,7 +1244,7 @@ async fn slot_given_back_after_cancel_timeout_or_panic() {
                 }
                 std::future::pending::<()>().await;
             });
-            let job = if keyed { job.key("k") } else { job };
+            let job = on_key(job, keyed);
             let job = if how == "timeout" {
                 job.timeout(Duration::from_millis(100))
             } else {
@@ -1410,8 +1264,7 @@ async fn slot_given_back_after_cancel_timeout_or_panic() {
                 _ => assert!(matches!(r, Err(JobError::Panicked(_))), "{r:?}"),
             }
             let t = Instant::now();
-            let next = pool.job(async { Instant::now() });
-            let next = if keyed { next.key("k") } else { next };
+            let next = on_key(pool.job(async { Instant::now() }), keyed);
             let started = tokio::time::timeout(Duration::from_secs(3), next.run())
                 .await
                 .expect("next job waited for the TTL")
@@ -1433,25 +1286,17 @@ async fn slot_given_back_after_cancel_timeout_or_panic() {
 /// tokens granted but not started are fewer than a lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn granted_tokens_match_jobs_started() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, redis)) = start_redis().await else {
         return;
     };
-    let redis = RedisLimits::connect(&server.url()).await.unwrap();
     let rate = redis
         .rate("acct", Rate::per_second(1000).burst(20))
         .lease(5)
         .on_error(OnError::Closed);
     assert_eq!(rate.effective_lease(), 5);
-    let pool = Pool::builder()
-        .workers(8)
-        .shared_rate(rate.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(8, &[&rate]);
     let n = 300u64;
-    let mut hs = Vec::new();
-    for _ in 0..n {
-        hs.push(pool.submit(async {}).await.unwrap());
-    }
+    let hs = submit_n(&pool, n as usize, || async {}).await;
     // Some cancelled while queued: they take nothing.
     let cancelled = 50u64;
     for h in hs.iter().rev().take(cancelled as usize) {
@@ -1479,23 +1324,15 @@ async fn granted_tokens_match_jobs_started() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_shared_rate_delivers_its_rate_and_no_more() {
     let _t = timing().await;
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, redis)) = start_redis().await else {
         return;
     };
-    let redis = RedisLimits::connect(&server.url()).await.unwrap();
     let rate = redis.rate("r200", Rate::per_second(200).burst(10));
     let lease = rate.effective_lease();
     assert_eq!(lease, 2);
-    let pool = Pool::builder()
-        .workers(16)
-        .shared_rate(rate.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(16, &[&rate]);
     let starts = log();
-    let mut hs = Vec::new();
-    for _ in 0..300 {
-        hs.push(pool.submit(stamp(&starts)).await.unwrap());
-    }
+    let hs = submit_n(&pool, 300, || stamp(&starts)).await;
     join(hs, Duration::from_secs(5)).await;
     let s = sorted(&starts);
     let span = s[s.len() - 1] - s[0];
@@ -1534,8 +1371,8 @@ async fn two_processes_share_one_rate_and_one_concurrency_limit() {
     let mut rates = Vec::new();
     for h in [&h1, &h2] {
         let r = h.rate("fleet", Rate::per_second(200).burst(10));
-        rates.push(r.clone());
-        pools.push(Pool::builder().workers(8).shared_rate(r).build().unwrap());
+        pools.push(limited_pool(8, &[&r]));
+        rates.push(r);
     }
     let mut hs = Vec::new();
     for _ in 0..150 {
@@ -1558,37 +1395,29 @@ async fn two_processes_share_one_rate_and_one_concurrency_limit() {
     assert!(excess <= 3.0, "{excess}");
     assert!((300..300 + 2 * 2).contains(&granted), "{granted}");
 
-    let g = Arc::new(Gauge::default());
+    let g = Gauge::default();
     let mut concs = Vec::new();
     let mut pools = Vec::new();
     for h in [&h1, &h2] {
         let c = h.concurrency("fleet", 3).on_error(OnError::Closed);
-        concs.push(c.clone());
-        pools.push(
-            Pool::builder()
-                .workers(8)
-                .shared_concurrency(c)
-                .build()
-                .unwrap(),
-        );
+        pools.push(limited_pool(8, &[&c]));
+        concs.push(c);
     }
     let mut hs = Vec::new();
     for _ in 0..30 {
         for p in &pools {
-            hs.push(p.submit(busy(&g, Duration::from_millis(10))).await.unwrap());
+            hs.push(p.submit(held(&g, Duration::from_millis(10))).await.unwrap());
         }
     }
-    for r in join(hs, Duration::from_secs(10)).await {
-        r.unwrap();
-    }
+    join_ok(hs, Duration::from_secs(10)).await;
     eprintln!(
         "fleet of 2, concurrency 3: at most {} at once; {:?} {:?}",
-        g.max(),
+        g.peak(),
         concs[0].stats(),
         concs[1].stats()
     );
-    assert!(g.max() <= 3, "{}", g.max());
-    assert!(g.max() >= 2, "never ran side by side");
+    assert!(g.peak() <= 3, "{}", g.peak());
+    assert!(g.peak() >= 2, "never ran side by side");
     assert_eq!(concs[0].stats().errors + concs[1].stats().errors, 0);
     assert!(slots_drained(&url, Duration::from_secs(2)).await.is_some());
 }
@@ -1596,10 +1425,9 @@ async fn two_processes_share_one_rate_and_one_concurrency_limit() {
 /// Invalid shared limits are refused by `build` and `set_key_limits`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_shared_limits_are_refused() {
-    let Some(server) = RedisServer::start() else {
+    let Some((server, redis)) = start_redis().await else {
         return;
     };
-    let redis = RedisLimits::connect(&server.url()).await.unwrap();
     let fails = |b: taskgate::Builder| match b.build() {
         Err(BuildError::InvalidLimit(e)) => e,
         other => panic!("expected InvalidLimit, got {other:?}"),
@@ -1652,11 +1480,7 @@ async fn invalid_shared_limits_are_refused() {
         ),
         LimitError::InvalidTtl
     );
-    let pool = Pool::builder()
-        .workers(2)
-        .shared_concurrency(c(1).ttl(Duration::from_millis(30)))
-        .build()
-        .unwrap();
+    let pool = limited_pool(2, &[&c(1).ttl(Duration::from_millis(30))]);
     assert_eq!(
         pool.set_key_limits("k", KeyLimits::new().shared_concurrency(c(0))),
         Err(LimitError::ZeroConcurrency)
@@ -1690,11 +1514,7 @@ async fn invalid_shared_limits_are_refused() {
     let rate = own
         .rate("own", Rate::per_second(100))
         .on_error(OnError::Closed);
-    let pool = Pool::builder()
-        .workers(2)
-        .shared_rate(rate.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(2, &[&rate]);
     pool.run(async {}).await.unwrap();
     let s = rate.stats();
     assert_eq!((s.granted, s.errors), (1, 0), "{s:?}");
@@ -1724,11 +1544,7 @@ async fn slot_granted_after_cancel_is_given_back() {
         .call_timeout(Duration::from_secs(4));
     let redis = RedisLimits::connect_with(&url, config).await.unwrap();
     let conc = redis.concurrency("leak", 1).on_error(OnError::Closed);
-    let pool = Pool::builder()
-        .workers(2)
-        .shared_concurrency(conc.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(2, &[&conc]);
     pool.run(async {}).await.unwrap();
     slots_drained(&url, Duration::from_secs(2)).await.unwrap();
 
@@ -1748,11 +1564,10 @@ async fn slot_granted_after_cancel_is_given_back() {
     let drained = slots_drained(&url, Duration::from_secs(2)).await;
     // Another process cannot start anything meanwhile.
     let other = RedisLimits::connect(&url).await.unwrap();
-    let other_pool = Pool::builder()
-        .workers(2)
-        .shared_concurrency(other.concurrency("leak", 1).on_error(OnError::Closed))
-        .build()
-        .unwrap();
+    let other_pool = limited_pool(
+        2,
+        &[&other.concurrency("leak", 1).on_error(OnError::Closed)],
+    );
     let r = other_pool
         .job(async {})
         .queue_timeout(Duration::from_secs(1))
@@ -1780,17 +1595,12 @@ async fn slot_granted_after_cancel_is_given_back() {
 /// instead of 1 (+1) in 3 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_policy_per_key_rate_kept_between_jobs() {
-    let Some(mut server) = RedisServer::start() else {
+    let Some((mut server, redis)) = start_redis().await else {
         return;
     };
-    let redis = RedisLimits::connect(&server.url()).await.unwrap();
     let rate = redis.rate("per-key", Rate::new(1, Duration::from_secs(5)));
     assert_eq!(rate.policy(), OnError::Local);
-    let pool = Pool::builder()
-        .workers(4)
-        .key_limits(KeyLimits::new().shared_rate(rate.clone()))
-        .build()
-        .unwrap();
+    let pool = limited_pool(4, &[&KeyLimits::new().shared_rate(rate.clone())]);
     // Healthy: the key's token is used.
     pool.job(async {}).key("k").run().await.unwrap();
     server.kill();
@@ -1840,17 +1650,12 @@ async fn local_policy_per_key_rate_kept_between_jobs() {
 /// timed-out acquire are released (ZREM) once Redis answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_acquires_leave_no_orphan_slots() {
-    let Some(server) = RedisServer::start() else {
+    let Some((server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     let conc = redis.concurrency("orphan", 1).on_error(OnError::Closed);
-    let pool = Pool::builder()
-        .workers(4)
-        .shared_concurrency(conc.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(4, &[&conc]);
     pool.run(async {}).await.unwrap();
     slots_drained(&url, Duration::from_secs(2)).await.unwrap();
 
@@ -1897,35 +1702,18 @@ async fn timed_out_acquires_leave_no_orphan_slots() {
 /// jobs ran at once (ZCARD 1, two holders).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_handles_never_share_slot_ids() {
-    let Some(server) = RedisServer::start() else {
+    let Some((server, base)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let base = RedisLimits::connect(&url).await.unwrap();
     let a = base.prefix("same");
     let b = base.prefix("same");
     let ca = a.concurrency("c", 1).on_error(OnError::Closed);
     let cb = b.concurrency("c", 1).on_error(OnError::Closed);
-    let pa = Pool::builder()
-        .workers(2)
-        .shared_concurrency(ca.clone())
-        .build()
-        .unwrap();
-    let pb = Pool::builder()
-        .workers(2)
-        .shared_concurrency(cb.clone())
-        .build()
-        .unwrap();
-    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-    let (end, end_rx) = tokio::sync::oneshot::channel::<()>();
-    let ha = pa
-        .submit(async move {
-            let _ = started_tx.send(());
-            let _ = end_rx.await;
-            Instant::now()
-        })
-        .await
-        .unwrap();
+    let pa = limited_pool(2, &[&ca]);
+    let pb = limited_pool(2, &[&cb]);
+    let (job, started, end) = held_job();
+    let ha = pa.submit(job).await.unwrap();
     tokio::time::timeout(Duration::from_secs(2), started)
         .await
         .expect("A never started")
@@ -1935,11 +1723,8 @@ async fn prefix_handles_never_share_slot_ids() {
 
     // B (the other handle, same prefix and name) must wait for A's slot.
     let b_ran = Arc::new(AtomicUsize::new(0));
-    let flag = b_ran.clone();
     let hb = pb
-        .job(async move {
-            flag.fetch_add(1, Ordering::SeqCst);
-        })
+        .job(counted(&b_ran))
         .queue_timeout(Duration::from_millis(500))
         .submit()
         .await
@@ -1987,27 +1772,20 @@ async fn prefix_handles_never_share_slot_ids() {
 /// of 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_key_limits_while_jobs_run_keeps_the_count() {
-    let Some(server) = RedisServer::start() else {
+    let Some((server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
-    let pool = Pool::builder().workers(16).build().unwrap();
+    let pool = limited_pool(16, &[]);
     let k: taskgate::Key = "k".into();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut old = Vec::new();
-    for _ in 0..4 {
+    let old = submit_keyed(&pool, "k", 4, || {
         let g = gate.clone();
-        old.push(
-            pool.job(async move {
-                let _ = g.acquire().await;
-            })
-            .key("k")
-            .submit()
-            .await
-            .unwrap(),
-        );
-    }
+        async move {
+            let _ = g.acquire().await;
+        }
+    })
+    .await;
     poll_sync(Duration::from_secs(2), || {
         pool.key_stats(&k).is_some_and(|s| s.busy == 4)
     })
@@ -2017,27 +1795,13 @@ async fn set_key_limits_while_jobs_run_keeps_the_count() {
     let conc = redis.concurrency("rebind", 2).on_error(OnError::Closed);
     pool.set_key_limits(&k, KeyLimits::new().shared_concurrency(conc.clone()))
         .unwrap();
-    let g = Arc::new(Gauge::default());
-    let mut new = Vec::new();
-    for _ in 0..8 {
-        new.push(
-            pool.job(busy(&g, Duration::from_millis(100)))
-                .key("k")
-                .submit()
-                .await
-                .unwrap(),
-        );
-    }
+    let g = Gauge::default();
+    let new = submit_keyed(&pool, "k", 8, || held(&g, Duration::from_millis(100))).await;
     // Give new jobs the chance to start beside the old ones (the old code
     // started 2, on slots from Redis), then end the old jobs.
-    poll_sync(Duration::from_millis(300), || {
-        g.now.load(Ordering::SeqCst) > 0
-    })
-    .await;
+    poll_sync(Duration::from_millis(300), || g.now() > 0).await;
     gate.add_permits(4);
-    for r in join(old, Duration::from_secs(2)).await {
-        r.unwrap();
-    }
+    join_ok(old, Duration::from_secs(2)).await;
     let mut c = raw(&url).await;
     let mut most_slots = 0;
     let t = Instant::now();
@@ -2046,17 +1810,15 @@ async fn set_key_limits_while_jobs_run_keeps_the_count() {
         most_slots = most_slots.max(slots(&mut c).await);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    for r in join(new, Duration::from_secs(1)).await {
-        r.unwrap();
-    }
+    join_ok(new, Duration::from_secs(1)).await;
     let s = conc.stats();
     eprintln!(
         "regression: limit 2 set while 4 jobs ran: new jobs at most {} at once; at most {most_slots} slot(s) in Redis; {s:?}",
-        g.max()
+        g.peak()
     );
-    assert!(g.max() <= 2, "{} new jobs at once at limit 2", g.max());
+    assert!(g.peak() <= 2, "{} new jobs at once at limit 2", g.peak());
     assert!(most_slots <= 2, "{most_slots} slots at limit 2");
-    assert!(g.max() >= 1);
+    assert!(g.peak() >= 1);
     assert_eq!(s.errors, 0, "{s:?}");
     assert!(slots_drained(&url, Duration::from_secs(2)).await.is_some());
 }
@@ -2070,10 +1832,9 @@ async fn set_key_limits_while_jobs_run_keeps_the_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_level_slot_hands_off_without_round_trips() {
     let _t = timing().await;
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, redis)) = start_redis().await else {
         return;
     };
-    let redis = RedisLimits::connect(&server.url()).await.unwrap();
     let conc = redis.concurrency("handoff", 2).on_error(OnError::Closed);
     let pool = Pool::builder()
         .workers(8)
@@ -2081,27 +1842,18 @@ async fn pool_level_slot_hands_off_without_round_trips() {
         .shared_concurrency(conc.clone())
         .build()
         .unwrap();
-    let g = Arc::new(Gauge::default());
+    let g = Gauge::default();
     let t = Instant::now();
-    let mut hs = Vec::new();
-    for _ in 0..200 {
-        hs.push(
-            pool.submit(busy(&g, Duration::from_millis(5)))
-                .await
-                .unwrap(),
-        );
-    }
-    for r in join(hs, Duration::from_secs(10)).await {
-        r.unwrap();
-    }
+    let hs = submit_n(&pool, 200, || held(&g, Duration::from_millis(5))).await;
+    join_ok(hs, Duration::from_secs(10)).await;
     let took = t.elapsed();
     let s = conc.stats();
     eprintln!(
         "regression: pool-level limit 2, 200 jobs of 5 ms: {:.0} ms, at most {} at once; {s:?}",
         ms(took),
-        g.max()
+        g.peak()
     );
-    assert!(g.max() <= 2, "{}", g.max());
+    assert!(g.peak() <= 2, "{}", g.peak());
     assert_eq!(s.errors, 0, "{s:?}");
     // 100 rounds of 5 ms at 2 at once: 0.5 s, plus timer granularity.
     assert!(took < Duration::from_secs(3), "{took:?}");
@@ -2120,41 +1872,30 @@ async fn pool_level_slot_hands_off_without_round_trips() {
 /// limit of 2 in this one process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_without_a_slot_count_after_an_outage() {
-    let Some(mut server) = RedisServer::start() else {
+    let Some((mut server, redis)) = start_redis().await else {
         return;
     };
     let url = server.url();
-    let redis = RedisLimits::connect(&url).await.unwrap();
     let conc = redis.concurrency("recover", 2);
     assert_eq!(conc.policy(), OnError::Local);
-    let pool = Pool::builder()
-        .workers(16)
-        .key_limits(KeyLimits::new().shared_concurrency(conc.clone()))
-        .build()
-        .unwrap();
+    let pool = limited_pool(16, &[&KeyLimits::new().shared_concurrency(conc.clone())]);
     pool.job(async {}).key("k").run().await.unwrap();
     slots_drained(&url, Duration::from_secs(2))
         .await
         .expect("idle slot not given back");
 
     server.kill();
-    let g = Arc::new(Gauge::default());
+    let g = Gauge::default();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut old = Vec::new();
-    for _ in 0..2 {
+    let old = submit_keyed(&pool, "k", 2, || {
         let (g, gate) = (g.clone(), gate.clone());
-        old.push(
-            pool.job(async move {
-                let _in = g.enter();
-                let _ = gate.acquire().await;
-            })
-            .key("k")
-            .submit()
-            .await
-            .unwrap(),
-        );
-    }
-    poll_sync(Duration::from_secs(3), || g.now.load(Ordering::SeqCst) == 2)
+        async move {
+            let _in = g.enter();
+            let _ = gate.acquire().await;
+        }
+    })
+    .await;
+    poll_sync(Duration::from_secs(3), || g.now() == 2)
         .await
         .expect("Local did not start the 2 jobs while Redis was down");
     // The failed call that put the policy in force was before this.
@@ -2163,37 +1904,26 @@ async fn jobs_without_a_slot_count_after_an_outage() {
 
     server.restart();
     let restarted = Instant::now();
-    while redis.ping().await.is_err() {
-        assert!(
-            restarted.elapsed() < Duration::from_secs(3),
-            "Redis did not answer after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    poll(Duration::from_secs(3), || async {
+        redis.ping().await.is_ok()
+    })
+    .await
+    .expect("Redis did not answer after the restart");
     // The next check of the key probes Redis (a failing limit asks again
     // every 200 ms): the new jobs' first check must send that probe, as
     // it would a while after an outage (the probe is granted a slot).
     tokio::time::sleep_until((failed_by + Duration::from_millis(300)).into()).await;
-    let mut new = Vec::new();
-    for _ in 0..4 {
-        new.push(
-            pool.job(busy(&g, Duration::from_millis(50)))
-                .key("k")
-                .submit()
-                .await
-                .unwrap(),
-        );
-    }
+    let new = submit_keyed(&pool, "k", 4, || held(&g, Duration::from_millis(50))).await;
     // The new jobs probe Redis, which answers again.
     let back = poll_sync(Duration::from_secs(3), || conc.stats().on_error_now == 0).await;
     // Nothing to observe if the limit holds: give the new jobs a while to
     // (wrongly) start beside the 2 that hold no slot.
-    poll_sync(Duration::from_millis(500), || g.max() > 2).await;
+    poll_sync(Duration::from_millis(500), || g.peak() > 2).await;
     let mut c = raw(&url).await;
-    let held = slots(&mut c).await;
-    let before_end = g.max();
+    let in_redis = slots(&mut c).await;
+    let before_end = g.peak();
     eprintln!(
-        "regression: Local, 2 jobs started with Redis down: after the restart (back in {:?} ms) at most {before_end} at once (limit 2), {held} slot(s) in Redis; {:?}",
+        "regression: Local, 2 jobs started with Redis down: after the restart (back in {:?} ms) at most {before_end} at once (limit 2), {in_redis} slot(s) in Redis; {:?}",
         back.map(|_| ms(restarted.elapsed())),
         conc.stats()
     );
@@ -2208,18 +1938,14 @@ async fn jobs_without_a_slot_count_after_an_outage() {
     );
 
     gate.add_permits(2);
-    for r in join(old, Duration::from_secs(2)).await {
-        r.unwrap();
-    }
-    for r in join(new, Duration::from_secs(5)).await {
-        r.unwrap();
-    }
+    join_ok(old, Duration::from_secs(2)).await;
+    join_ok(new, Duration::from_secs(5)).await;
     eprintln!(
         "regression: after the old jobs ended: at most {} at once; {:?}",
-        g.max(),
+        g.peak(),
         conc.stats()
     );
-    assert!(g.max() <= 2, "{}", g.max());
+    assert!(g.peak() <= 2, "{}", g.peak());
     assert!(slots_drained(&url, Duration::from_secs(2)).await.is_some());
 }
 
@@ -2230,29 +1956,15 @@ async fn jobs_without_a_slot_count_after_an_outage() {
 /// Redis down, the key's jobs started anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_clone_of_a_setting_takes_effect() {
-    let Some(mut server) = RedisServer::start() else {
+    let Some((mut server, redis)) = start_redis().await else {
         return;
     };
-    let redis = RedisLimits::connect(&server.url()).await.unwrap();
     let base = redis.concurrency("clone", 4);
     assert_eq!(base.policy(), OnError::Local);
-    let pool = Pool::builder()
-        .workers(4)
-        .key_limits(KeyLimits::new().shared_concurrency(base.clone()))
-        .build()
-        .unwrap();
+    let pool = conc_pool(&base, true);
     // A job of the key runs throughout: its lane (and limiter) stays.
-    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-    let (end, end_rx) = tokio::sync::oneshot::channel::<()>();
-    let long = pool
-        .job(async move {
-            let _ = started_tx.send(());
-            let _ = end_rx.await;
-        })
-        .key("k")
-        .submit()
-        .await
-        .unwrap();
+    let (job, started, end) = held_job();
+    let long = pool.job(job).key("k").submit().await.unwrap();
     tokio::time::timeout(Duration::from_secs(2), started)
         .await
         .expect("long job never started")
@@ -2264,11 +1976,8 @@ async fn a_changed_clone_of_a_setting_takes_effect() {
         .unwrap();
     server.kill();
     let ran = Arc::new(AtomicUsize::new(0));
-    let flag = ran.clone();
     let r = pool
-        .job(async move {
-            flag.fetch_add(1, Ordering::SeqCst);
-        })
+        .job(counted(&ran))
         .key("k")
         .queue_timeout(Duration::from_millis(800))
         .run()
@@ -2307,12 +2016,7 @@ async fn huge_call_timeout_does_not_panic() {
         .rate("huge", Rate::per_second(10))
         .on_error(OnError::Closed);
     let conc = redis.concurrency("huge", 2).on_error(OnError::Closed);
-    let pool = Pool::builder()
-        .workers(2)
-        .shared_rate(rate.clone())
-        .shared_concurrency(conc.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(2, &[&rate, &conc]);
     let r = tokio::time::timeout(Duration::from_secs(3), pool.run(async { 7 })).await;
     eprintln!(
         "regression: call_timeout(Duration::MAX): {r:?}; rate {:?}; conc {:?}",

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use support::prometheus_sample as sample;
+use taskgate::Rate;
 use taskgate::redis::{OnError, RedisLimits};
-use taskgate::{Pool, Rate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_limits_export_their_counters() {
@@ -29,12 +29,7 @@ async fn shared_limits_export_their_counters() {
         .rate("m-rate", Rate::per_second(1_000).burst(20))
         .on_error(OnError::Open);
     let conc = redis.concurrency("m-conc", 4).on_error(OnError::Open);
-    let pool = Pool::builder()
-        .workers(4)
-        .shared_rate(rate.clone())
-        .shared_concurrency(conc.clone())
-        .build()
-        .unwrap();
+    let pool = redis_server::limited_pool(4, &[&rate, &conc]);
     for i in 0..50u32 {
         assert_eq!(pool.run(async move { i }).await, Ok(i));
     }

@@ -18,23 +18,28 @@
 //! saying so. Either way the test returns, unless `TASKGATE_REQUIRE_REDIS=1`,
 //! where it fails.
 
+mod support;
+
 #[path = "support/redis_server.rs"]
 #[allow(dead_code)]
 mod redis_server;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{Client, TlsCertificates};
-use redis_server::RedisServer;
+use redis_server::{
+    RedisServer, connection, free_port, held_job, keys, limited_pool, require_redis, server_command,
+};
+use support::{Gauge, held};
+use taskgate::Rate;
 use taskgate::redis::{RedisErrorKind, RedisLimits, SharedConcurrency, SharedRate};
-use taskgate::{Pool, Rate};
 
 /// The password of the `requirepass` tests (and of URLs that must not leak it).
 const PASSWORD: &str = "tls-Secret-pw-4411";
@@ -57,15 +62,6 @@ fn path_str(p: &Path) -> String {
 /// The test CA, PEM.
 fn ca_pem() -> Vec<u8> {
     std::fs::read(data("ca.crt")).expect("tests/data/tls/ca.crt")
-}
-
-fn require_redis() -> bool {
-    std::env::var("TASKGATE_REQUIRE_REDIS").as_deref() == Ok("1")
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
 }
 
 /// The `redis-server` arguments that turn TLS on, on `tls_port`, with the
@@ -123,11 +119,7 @@ fn probe_tls(binary: &Path) -> Probe {
     let log = dir.join("out.log");
     let out = std::fs::File::create(&log).expect("create the probe's log");
     let tls_port = free_port();
-    let mut child = Command::new(binary)
-        .args(["--port", "0", "--bind", "127.0.0.1", "--save", ""])
-        .args(["--appendonly", "no", "--daemonize", "no"])
-        .arg("--dir")
-        .arg(&dir)
+    let mut child = server_command(binary, 0, &dir)
         .args(tls_args(tls_port))
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone the log's handle"))
@@ -222,11 +214,7 @@ impl TlsServer {
             Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/", self.server.port()),
             None => self.server.url(),
         };
-        Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        connection(&url).await
     }
 }
 
@@ -240,16 +228,6 @@ fn client_trusting_test_ca(url: &str) -> Client {
         },
     )
     .unwrap()
-}
-
-async fn keys(c: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
-    let mut k: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query_async(c)
-        .await
-        .unwrap();
-    k.sort();
-    k
 }
 
 /// Whether `key` is the `tls` limit's key of `kind` (`r` rate, `c`
@@ -316,24 +294,12 @@ async fn run_jobs_and_check(
     rate: &SharedRate,
     conc: &SharedConcurrency,
 ) {
-    let pool = Pool::builder()
-        .workers(8)
-        .shared_rate(rate.clone())
-        .shared_concurrency(conc.clone())
-        .build()
-        .unwrap();
+    let pool = limited_pool(8, &[rate, conc]);
 
     // One job held open: by the time it runs, a token was leased and a slot
     // taken, through the limits' TLS connection.
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
-    let held = pool
-        .submit(async move {
-            let _ = started_tx.send(());
-            let _ = finish_rx.await;
-        })
-        .await
-        .unwrap();
+    let (job, started_rx, finish_tx) = held_job();
+    let held_open = pool.submit(job).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), started_rx)
         .await
         .expect("the first job did not start within 10 s")
@@ -353,27 +319,20 @@ async fn run_jobs_and_check(
         server.tls_port
     );
     finish_tx.send(()).unwrap();
-    held.await.unwrap();
+    held_open.await.unwrap();
 
     // The rate's key lives only while the bucket's TAT is ahead of Redis's
     // clock (it expires once idle, ~10 ms after a lone lease at this rate), so
     // it is looked for while these jobs, which ask for more than the rate,
     // keep it ahead.
     let watcher = KeyWatcher::start(plain.clone());
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let in_flight = Gauge::default();
     let mut handles = Vec::new();
     for _ in 0..24 {
-        let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
         handles.push(
-            pool.submit(async move {
-                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                max_in_flight.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-            })
-            .await
-            .unwrap(),
+            pool.submit(held(&in_flight, Duration::from_millis(5)))
+                .await
+                .unwrap(),
         );
     }
     let t = Instant::now();
@@ -387,9 +346,9 @@ async fn run_jobs_and_check(
     eprintln!(
         "24 jobs in {:?}, at most {} at once; rate {rs:?}; concurrency {cs:?}",
         t.elapsed(),
-        max_in_flight.load(Ordering::SeqCst)
+        in_flight.peak()
     );
-    assert!(max_in_flight.load(Ordering::SeqCst) <= 2);
+    assert!(in_flight.peak() <= 2);
     for (what, s) in [("rate", rs), ("concurrency", cs)] {
         assert!(s.round_trips > 0, "{what}: {s:?}");
         assert_eq!(s.errors, 0, "{what}: {s:?}");

@@ -1,9 +1,11 @@
 //! A real `redis-server` for tests: started on a free loopback port in its own
-//! temporary directory, with persistence off, killed on drop.
+//! temporary directory, with persistence off, killed on drop; and, at the end,
+//! the few helpers that more than one Redis test file needs (a pool with
+//! shared limits, a job held open, a plain connection, the window bound).
 //!
-//! Uses only `std`. Included by the Redis tests with `#[path]`.
-//! Polling with short sleeps is fine here and only here (a test harness
-//! waiting for a child process).
+//! The server's side uses only `std`. Included by the Redis tests with
+//! `#[path]`. Polling with short sleeps is fine here and only here (a test
+//! harness waiting for a child process).
 //!
 //! If `redis-server` is not installed, [`RedisServer::start`] prints one line,
 //! `skipping: redis-server not found (apt-get install redis-server)`, and
@@ -43,7 +45,7 @@ impl RedisServer {
         let binary = match find_binary() {
             Some(b) => b,
             None => {
-                if std::env::var("TASKGATE_REQUIRE_REDIS").as_deref() == Ok("1") {
+                if require_redis() {
                     panic!(
                         "TASKGATE_REQUIRE_REDIS=1 but redis-server was not found on PATH \
                          (apt-get install redis-server, or set TASKGATE_REDIS_SERVER)"
@@ -172,15 +174,7 @@ impl RedisServer {
             .open(self.dir.join("stdout.log"))
             .map_err(|e| e.to_string())?;
         let stderr = stdout.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&self.binary)
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
+        let child = server_command(&self.binary, self.port, &self.dir)
             .arg("--logfile")
             .arg(&log)
             .args(&self.extra_args)
@@ -253,11 +247,34 @@ pub fn find_binary() -> Option<PathBuf> {
         .find(|p| is_file(p))
 }
 
+/// Whether `TASKGATE_REQUIRE_REDIS=1`: a test that cannot run fails rather
+/// than skips.
+pub fn require_redis() -> bool {
+    std::env::var("TASKGATE_REQUIRE_REDIS").as_deref() == Ok("1")
+}
+
+/// `binary` on 127.0.0.1:`port` (0: no plain port), in the foreground, with
+/// persistence off and `dir` as its directory: the arguments every server of
+/// these tests has. The caller adds the rest (log, TLS, password) and stdio.
+pub fn server_command(binary: &Path, port: u16, dir: &Path) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir);
+    cmd
+}
+
 fn is_file(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file())
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on now (it may be taken before it is used).
+pub fn free_port() -> u16 {
     let l = TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
 }
@@ -297,6 +314,122 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
     let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
     Some((it.next()??, it.next()??, it.next()??))
+}
+
+// ---------------------------------------------------------------------------
+// Helpers shared by the Redis test files.
+// ---------------------------------------------------------------------------
+
+/// What a pool can be built with: a pool-level shared limit, or per-key limits.
+pub trait PoolLimit {
+    fn add_to(&self, b: taskgate::Builder) -> taskgate::Builder;
+}
+
+impl PoolLimit for taskgate::redis::SharedRate {
+    fn add_to(&self, b: taskgate::Builder) -> taskgate::Builder {
+        b.shared_rate(self.clone())
+    }
+}
+
+impl PoolLimit for taskgate::redis::SharedConcurrency {
+    fn add_to(&self, b: taskgate::Builder) -> taskgate::Builder {
+        b.shared_concurrency(self.clone())
+    }
+}
+
+impl PoolLimit for taskgate::KeyLimits {
+    fn add_to(&self, b: taskgate::Builder) -> taskgate::Builder {
+        b.key_limits(self.clone())
+    }
+}
+
+/// A pool of `workers` workers with `limits`, added in order.
+pub fn limited_pool(workers: usize, limits: &[&dyn PoolLimit]) -> taskgate::Pool {
+    limits
+        .iter()
+        .fold(taskgate::Pool::builder().workers(workers), |b, l| {
+            l.add_to(b)
+        })
+        .build()
+        .unwrap()
+}
+
+/// A job held open: it runs until `end` is sent (or dropped) and returns when
+/// it ended; `started` hears when it starts.
+pub fn held_job() -> (
+    impl std::future::Future<Output = Instant> + Send + 'static,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let (end, end_rx) = tokio::sync::oneshot::channel::<()>();
+    let job = async move {
+        let _ = started_tx.send(());
+        let _ = end_rx.await;
+        Instant::now()
+    };
+    (job, started, end)
+}
+
+/// A plain connection to `url`, for looking at Redis directly.
+pub async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `KEYS pattern`, sorted.
+pub async fn keys(c: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut k: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(c)
+        .await
+        .unwrap();
+    k.sort();
+    k
+}
+
+/// The window of sorted `times` where the count most exceeds `rate·t`.
+#[derive(Debug)]
+pub struct Window {
+    /// count − rate·t.
+    pub excess: f64,
+    pub from: Duration,
+    pub len: Duration,
+    pub count: usize,
+}
+
+/// Over every window [t_i, t_j] (i ≤ j) of the sorted `times`, the largest
+/// `(j − i + 1) − rate·(t_j − t_i)`, in one pass: it is
+/// `(j + 1 − rate·t_j) − min_{i ≤ j}(i − rate·t_i)`.
+pub fn max_excess(times: &[Duration], rate: f64) -> Window {
+    assert!(!times.is_empty(), "no arrivals");
+    assert!(times.is_sorted());
+    let t0 = times[0];
+    let x = |k: usize| rate * (times[k] - t0).as_secs_f64();
+    let mut best_i = 0;
+    let mut best_i_val = 0.0 - x(0);
+    let mut best = (f64::MIN, 0, 0);
+    for j in 0..times.len() {
+        let v = j as f64 - x(j);
+        if v < best_i_val {
+            best_i_val = v;
+            best_i = j;
+        }
+        let excess = (j + 1) as f64 - x(j) - best_i_val;
+        if excess > best.0 {
+            best = (excess, best_i, j);
+        }
+    }
+    let (excess, i, j) = best;
+    Window {
+        excess,
+        from: times[i],
+        len: times[j] - times[i],
+        count: j - i + 1,
+    }
 }
 
 #[cfg(test)]
