@@ -2029,3 +2029,86 @@ async fn huge_call_timeout_does_not_panic() {
     assert_eq!(rate.stats().errors + conc.stats().errors, 0);
     assert!(slots_drained(&url, Duration::from_secs(2)).await.is_some());
 }
+
+/// Was a bug (src/redis/rate.rs `holds_until`; fixed: unused leased tokens
+/// keep a key's lane up to a second after they came): a key whose jobs came
+/// one at a time, 30 ms apart, lost its lane, and the lease in it, after every
+/// job, so each job took a fresh lease from the fleet's bucket: 50 jobs took
+/// 500 tokens in 50 round trips, starving the other processes on the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_uses_its_lease_across_jobs_one_at_a_time() {
+    let Some((_server, redis)) = start_redis().await else {
+        return;
+    };
+    // 1 000/s with a burst of 20: a lease of 10 tokens, made in 10 ms.
+    let rate = redis.rate("lease-kept", Rate::per_second(1_000).burst(20));
+    assert_eq!(rate.effective_lease(), 10);
+    let pool = limited_pool(4, &[&KeyLimits::new().shared_rate(rate.clone())]);
+    let n = 20;
+    for i in 0..n {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            pool.job(async move { i }).key("k").run(),
+        )
+        .await;
+        assert_eq!(r.expect("job never ran"), Ok(i));
+        // Pacing, not waiting for anything: jobs well under the rate.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let s = rate.stats();
+    eprintln!("regression: {n} jobs one at a time, 30 ms apart, on one key: {s:?}");
+    // Lost leases take a round trip and 10 tokens per job.
+    assert!(
+        s.granted <= n + 2 * u64::from(rate.effective_lease()),
+        "{} tokens taken for {n} jobs: {s:?}",
+        s.granted
+    );
+    assert!(
+        s.round_trips <= n / 4,
+        "{} round trips for {n} jobs: {s:?}",
+        s.round_trips
+    );
+    assert_eq!(s.errors, 0, "{s:?}");
+}
+
+/// Was a bug (src/redis/health.rs `spec_id`; fixed: a setting's identity is
+/// what its `PartialEq` compares): setting a key's limits again with an equal
+/// shared concurrency limit built anew (a configuration reloaded) replaced the
+/// limiter, so the slot of the key's running job went back to Redis while the
+/// job ran on, and other processes could take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equal_setting_set_again_keeps_the_running_jobs_slot() {
+    let Some((server, redis)) = start_redis().await else {
+        return;
+    };
+    let limits = || KeyLimits::new().shared_concurrency(redis.concurrency("eq", 2));
+    assert_eq!(limits(), limits());
+    let pool = limited_pool(4, &[]);
+    pool.set_key_limits("k", limits()).unwrap();
+    let (job, started, end) = held_job();
+    let h = pool.job(job).key("k").submit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), started)
+        .await
+        .expect("job never started")
+        .unwrap();
+    let mut c = raw(&server.url()).await;
+    assert_eq!(slots(&mut c).await, 1, "the running job holds a slot");
+    pool.set_key_limits("k", limits()).unwrap();
+    // A slot given back goes in a background call: give it time to show.
+    let gone = poll(Duration::from_millis(300), || {
+        let mut c = c.clone();
+        async move { slots(&mut c).await == 0 }
+    })
+    .await;
+    let _ = end.send(());
+    h.await.unwrap();
+    assert!(
+        gone.is_none(),
+        "the running job's slot went back when an equal setting was set again"
+    );
+    assert!(
+        slots_drained(&server.url(), Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+}

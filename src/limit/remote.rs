@@ -100,9 +100,9 @@ pub(crate) trait Remote: Send + fmt::Debug {
     fn has_room(&self) -> bool;
     /// Until when the limiter holds state that would be lost if its lane were
     /// removed (the in-process rate that `OnError::Local` enforces, with time
-    /// owed); `None` if none past now. Tokens or slots leased from elsewhere
-    /// do not count: a lane is not kept for them (unused tokens are lost,
-    /// idle slots given back, when the lane goes).
+    /// owed; tokens leased and not yet used, for a while after they came);
+    /// `None` if none past now. Idle slots do not count:
+    /// they go back when the lane goes.
     fn holds_until(&self, clock: &mut Clock) -> Option<Instant>;
 }
 
@@ -114,8 +114,9 @@ pub(crate) trait RemoteSpec: Send + Sync + fmt::Debug {
     /// of the gate started before it (under a limiter it replaces) will be
     /// released to it: it must not count them as its own.
     fn bind(&self, key: Option<&Key>, rouse: Rouse, running: usize) -> Box<dyn Remote>;
-    /// The setting's identity: a lane whose limits are set again with the same
-    /// setting (or a clone of it, unchanged) keeps its limiter, and what it
+    /// The setting's identity: a lane whose limits are set again with an equal
+    /// setting (a clone, or one built anew with the same fields on the same
+    /// handle) keeps its limiter, and what it
     /// holds. Differs for settings that differ in anything.
     fn id(&self) -> u64;
 }

@@ -433,6 +433,13 @@ impl Pool {
     /// (running jobs are never interrupted). The key's rate keeps what it has
     /// already spent.
     ///
+    /// A shared limit (feature `redis`) equal to the one in force keeps its
+    /// limiter and what it holds. A different one replaces it: the shared slots
+    /// of the key's running jobs go back to Redis at once (those jobs then count
+    /// against the new limit in this process only, so the fleet may run more
+    /// than the limit until they end), and tokens leased and not started are
+    /// lost.
+    ///
     /// Overrides are kept (a few dozen bytes each) until
     /// [`clear_key_limits`](Pool::clear_key_limits), even while the key has no jobs.
     ///

@@ -71,7 +71,9 @@ impl RedisConfig {
     /// progress (the connection manager makes callers wait for it), a reply,
     /// or the `SCRIPT LOAD` and retry after `NOSCRIPT` (default 500 ms). A shared
     /// limit falls back to its [`OnError`](super::OnError) policy when a call
-    /// misses it. Should exceed the response timeout.
+    /// misses it. Should exceed the response timeout. Not checked: a deadline
+    /// shorter than a round trip (zero, say) fails every call, and keeps every
+    /// shared limit on its `OnError` policy.
     pub fn call_timeout(mut self, d: Duration) -> Self {
         self.call_timeout = d;
         self
@@ -150,12 +152,25 @@ impl PartialEq for RedisLimits {
 impl Eq for RedisLimits {}
 
 impl RedisLimits {
+    /// What `PartialEq` compares, as a number: the shared connection state.
+    pub(super) fn identity(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+}
+
+impl RedisLimits {
     /// Connects to the Redis at `url` (`redis://[user:password@]host[:port][/db]`,
     /// `redis+unix:///path`, or `rediss://` with the `redis-tls` feature), with
     /// the default [`RedisConfig`].
     ///
     /// Checks that Redis answers and takes the credentials: a wrong password
     /// fails here with [`RedisErrorKind::Auth`], not later as timeouts.
+    ///
+    /// # Errors
+    ///
+    /// A bad URL, refused credentials, or no answer: the whole call is bounded by
+    /// [`RedisConfig::call_timeout`] (500 ms by default), past which it fails
+    /// with [`RedisErrorKind::Timeout`].
     ///
     /// # Cancel safety
     ///
@@ -165,6 +180,11 @@ impl RedisLimits {
     }
 
     /// [`connect`](RedisLimits::connect) with the given timeouts.
+    ///
+    /// # Errors
+    ///
+    /// As for `connect`, bounded by `config`'s
+    /// [`call_timeout`](RedisConfig::call_timeout).
     ///
     /// # Cancel safety
     ///
@@ -188,7 +208,13 @@ impl RedisLimits {
         .await?;
         let conn = ConnectionManager::new_lazy_with_config(client, config.manager_config())
             .map_err(|e| RedisError::from_redis("open", &e, &secrets))?;
-        Ok(RedisLimits::assemble(conn, config, redact(url), secrets))
+        Ok(RedisLimits::assemble(
+            conn,
+            config,
+            redact(url),
+            secrets,
+            "taskgate".to_owned(),
+        ))
     }
 
     /// Uses a connection manager made by the caller (its own timeouts and
@@ -200,6 +226,7 @@ impl RedisLimits {
             RedisConfig::default(),
             "(from_connection)".to_owned(),
             Secrets::default(),
+            "taskgate".to_owned(),
         )
     }
 
@@ -208,6 +235,7 @@ impl RedisLimits {
         config: RedisConfig,
         url: String,
         secrets: Secrets,
+        prefix: String,
     ) -> RedisLimits {
         RedisLimits {
             inner: Arc::new(Link {
@@ -215,7 +243,10 @@ impl RedisLimits {
                 config,
                 url,
                 secrets,
-                prefix: "taskgate".to_owned(),
+                prefix,
+                // A tag per handle: ids from two handles (`prefix` makes new
+                // ones on one connection) never meet, even on the same prefix
+                // and name.
                 tag: process_tag(),
                 next_holder: AtomicU64::new(0),
             }),
@@ -231,19 +262,13 @@ impl RedisLimits {
     /// handle keep its prefix.
     pub fn prefix(&self, prefix: impl Into<String>) -> RedisLimits {
         let old = &self.inner;
-        RedisLimits {
-            inner: Arc::new(Link {
-                conn: old.conn.clone(),
-                config: old.config,
-                url: old.url.clone(),
-                secrets: old.secrets.clone(),
-                prefix: prefix.into(),
-                // A tag of its own: ids from two handles never meet, even on
-                // the same prefix and name.
-                tag: process_tag(),
-                next_holder: AtomicU64::new(0),
-            }),
-        }
+        RedisLimits::assemble(
+            old.conn.clone(),
+            old.config,
+            old.url.clone(),
+            old.secrets.clone(),
+            prefix.into(),
+        )
     }
 
     /// The key prefix (see [`prefix`](RedisLimits::prefix)).
@@ -264,6 +289,12 @@ impl RedisLimits {
     }
 
     /// Sends `PING`; for a health check.
+    ///
+    /// # Errors
+    ///
+    /// Why Redis did not answer; a call with no answer within
+    /// [`call_timeout`](RedisConfig::call_timeout) fails with
+    /// [`RedisErrorKind::Timeout`].
     ///
     /// # Cancel safety
     ///

@@ -54,7 +54,9 @@ use crate::limit::{Admit, Clock, Key, Remote, RemoteSpec, Rouse};
 ///
 /// A job takes a slot only when it starts: one cancelled, or timed out in the
 /// queue, takes none. A running job gives its slot back when it ends, however
-/// it ends: completed, cancelled, timed out or panicked. Dropping a
+/// it ends: completed, cancelled, timed out or panicked. A blocking closure
+/// ([`Pool::submit_blocking`](crate::Pool::submit_blocking)) past its timeout
+/// or cancelled keeps its slot until it returns, as it keeps its worker. Dropping a
 /// `SharedConcurrency` drops only the setting; pools built with it keep their
 /// limit. When a pool, or a key's state, goes, its idle slots are given back
 /// at once.
@@ -158,7 +160,9 @@ impl SharedConcurrency {
     }
 
     /// This process's counters for the limit, over every pool and key using it
-    /// (and its clones).
+    /// (and its clones). Limits set again with an equal setting built anew (a
+    /// reloaded configuration) keep the limiter bound first, which counts on
+    /// the first setting's counters.
     pub fn stats(&self) -> SharedStats {
         self.counters.snapshot()
     }
@@ -176,6 +180,7 @@ impl SharedConcurrency {
 
 impl RemoteSpec for SharedConcurrency {
     fn bind(&self, key: Option<&Key>, rouse: Rouse, running: usize) -> Box<dyn Remote> {
+        let now = Instant::now();
         Box::new(SlotLimiter {
             cell: Arc::new(Cell {
                 client: self.client.clone(),
@@ -194,9 +199,10 @@ impl RemoteSpec for SharedConcurrency {
                     unheld: running,
                     next_ask: None,
                     poll: POLL_MIN,
-                    health: Health::new(Instant::now()),
+                    health: Health::new(now),
                     renewing: false,
                     returning: false,
+                    return_at: now,
                     retired: false,
                     orphans: Vec::new(),
                 }),
@@ -207,7 +213,7 @@ impl RemoteSpec for SharedConcurrency {
 
     fn id(&self) -> u64 {
         spec_id(
-            &self.counters,
+            &self.client,
             (&*self.name, self.limit, self.ttl, self.on_error),
         )
     }
@@ -247,6 +253,8 @@ struct State {
     renewing: bool,
     /// A task will give the idle slots back.
     returning: bool,
+    /// When the scheduled return gives the idle slots back.
+    return_at: Instant,
     /// The gate was dropped: give back everything, wake nothing.
     retired: bool,
     /// Holder ids of acquires that failed: they may hold slots (a timed-out
@@ -366,17 +374,22 @@ impl Cell {
         true
     }
 
-    /// Gives the idle slots back after `linger`, unless a job takes them first
-    /// (or a return is already scheduled).
+    /// Gives the idle slots back after `linger`, unless a job takes them first.
+    /// A return already scheduled is put off to then if that is later (slots
+    /// just granted are kept `FRESH_LINGER` even if a used one was due back
+    /// sooner).
     fn schedule_return(self: &Arc<Self>, st: &mut State, linger: Duration) {
+        let at = after(Instant::now(), linger);
         if st.returning {
+            st.return_at = st.return_at.max(at);
             return;
         }
         st.returning = true;
+        st.return_at = at;
         let cell = self.clone();
         self.rouse
             .runtime()
-            .spawn(async move { cell.return_idle(linger).await });
+            .spawn(async move { cell.return_idle().await });
     }
 
     /// Renews every held slot each third of the TTL, while any is held.
@@ -435,18 +448,39 @@ impl Cell {
         }
     }
 
-    /// Gives the idle slots back after `linger`, unless a job took them.
-    async fn return_idle(self: Arc<Self>, linger: Duration) {
-        tokio::time::sleep(linger).await;
-        let mut ids = Vec::new();
-        // Under the pool lock: a `check` that saw an idle slot must find it at
-        // its `acquire`.
-        self.rouse.locked(&mut || {
-            let mut st = self.lock();
-            st.returning = false;
-            ids = std::mem::take(&mut st.free);
-        });
-        self.give_back(ids).await;
+    /// Gives the idle slots back at `return_at`, unless jobs took them.
+    async fn return_idle(self: Arc<Self>) {
+        loop {
+            let at = {
+                let mut st = self.lock();
+                if st.free.is_empty() {
+                    // Jobs took them: nothing to give back, and no pool lock
+                    // to take. A slot that goes idle later schedules anew.
+                    st.returning = false;
+                    return;
+                }
+                st.return_at
+            };
+            tokio::time::sleep_until(at).await;
+            let mut ids = Vec::new();
+            let mut put_off = false;
+            // Under the pool lock: a `check` that saw an idle slot must find it
+            // at its `acquire`.
+            self.rouse.locked(&mut || {
+                let mut st = self.lock();
+                if Instant::now() < st.return_at {
+                    // Put off while this task slept.
+                    put_off = true;
+                    return;
+                }
+                st.returning = false;
+                ids = std::mem::take(&mut st.free);
+            });
+            if !put_off {
+                self.give_back(ids).await;
+                return;
+            }
+        }
     }
 
     async fn give_back(&self, ids: Vec<String>) {
@@ -477,7 +511,6 @@ impl Remote for SlotLimiter {
         // under the policy, or whose slot expired) included.
         let own = st.busy.len() + st.unheld;
         let room = own < self.cell.limit;
-        let now = clock.now();
         if st.health.failing.is_none() {
             if !room {
                 // Only a job ending makes room (an idle slot would take this
@@ -485,13 +518,16 @@ impl Remote for SlotLimiter {
                 return Admit::OnRelease;
             }
             if !st.free.is_empty() {
+                // A slot at hand: no clock read on the job's path.
                 return Admit::Now;
             }
+            let now = clock.now();
             return match st.health.wait(st.next_ask, now) {
                 Some(t) => Admit::At(t),
                 None => Admit::At(self.cell.ask(&mut st, now)),
             };
         }
+        let now = clock.now();
         if st.health.probe_due(now) {
             self.cell.ask(&mut st, now);
         }

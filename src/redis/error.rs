@@ -11,7 +11,8 @@ use super::redact::Secrets;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RedisErrorKind {
-    /// No answer within the call's deadline (`op_timeout`), or the client's
+    /// No answer within the call's deadline
+    /// ([`RedisConfig::call_timeout`](super::RedisConfig::call_timeout)), or the client's
     /// response or connection timeout fired. Redis may still have run the
     /// command.
     Timeout,
@@ -29,7 +30,7 @@ pub enum RedisErrorKind {
 }
 
 /// An error from Redis, or from reaching it: what [`RedisLimits::connect`](super::RedisLimits::connect) fails with, and what a shared limit counts and logs when a call fails (its [`OnError`](super::OnError) policy then applies).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisError {
     kind: RedisErrorKind,
     message: String,
@@ -90,15 +91,6 @@ impl RedisError {
 impl fmt::Display for RedisError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "redis backend: {}", self.message)
-    }
-}
-
-impl fmt::Debug for RedisError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisError")
-            .field("kind", &self.kind)
-            .field("message", &self.message)
-            .finish()
     }
 }
 

@@ -2,12 +2,12 @@
 //! failing (`Health`), and what it counts ([`SharedStats`], `Counters`).
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::client::RedisLimits;
 use super::error::RedisError;
 
 /// What a shared limit does while Redis does not answer (a call failed or
@@ -24,7 +24,9 @@ pub enum OnError {
     /// apply). For a limit that protects nothing critical.
     Open,
     /// Start nothing that needs the shared limit until Redis answers. Jobs wait
-    /// in the queue, where their queue timeouts and cancels still apply.
+    /// in the queue, where their queue timeouts and cancels still apply; a
+    /// `shutdown` waits for them too (only a queue timeout, a
+    /// `shutdown_timeout` or `abort` bounds that wait).
     Closed,
     /// Enforce the same limit in this process alone: a fleet of P processes may
     /// then reach P times the limit. The default.
@@ -150,10 +152,7 @@ impl Counters {
     }
 }
 
-/// `now + d`, or a time that will not come if that overflows.
-pub(super) fn after(now: Instant, d: Duration) -> Instant {
-    crate::limit::after(now, d)
-}
+pub(super) use crate::limit::after;
 
 /// A wait until `t`, but at least a millisecond: a request whose deadline has
 /// passed while its task has not yet run must not make the lane spin.
@@ -161,11 +160,13 @@ fn not_before(t: Instant, now: Instant) -> Instant {
     t.max(now + Duration::from_millis(1))
 }
 
-/// A setting's identity (`RemoteSpec::id`): its counters, which its clones
-/// share, and every field, so that a changed clone is another setting.
-pub(super) fn spec_id(counters: &Arc<Counters>, fields: impl Hash) -> u64 {
+/// A setting's identity (`RemoteSpec::id`): what its `PartialEq` compares, the
+/// `RedisLimits` handle and every field. So a setting equal to the one in force,
+/// even one built again (a configuration reloaded), keeps the limiter and what
+/// it holds, and a changed one is another setting.
+pub(super) fn spec_id(client: &RedisLimits, fields: impl Hash) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
-    (Arc::as_ptr(counters) as usize).hash(&mut h);
+    client.identity().hash(&mut h);
     fields.hash(&mut h);
     h.finish()
 }

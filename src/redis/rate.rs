@@ -51,8 +51,10 @@ use crate::limit::{Admit, Clock, Gcra, Key, Limiter, Rate, Remote, RemoteSpec, R
 ///
 /// **With a local rate.** A pool (or key) with both [`Builder::rate_limit`] and a
 /// shared rate starts a job when both allow it, and the job counts once against
-/// each. Tokens leased but not started when a key's state is removed, or when
-/// the process exits, are lost: the fleet under-uses, never over-uses.
+/// each. A key's state, with the tokens it leased and has not started, is
+/// kept up to a second after the lease came, for its next jobs. Tokens not
+/// started by then, or when the process exits, are lost: the fleet under-uses,
+/// never over-uses.
 ///
 /// **When Redis fails**, the [`OnError`] policy applies ([`on_error`](SharedRate::on_error),
 /// default [`OnError::Local`]: this rate, enforced in the process alone).
@@ -65,7 +67,8 @@ use crate::limit::{Admit, Clock, Gcra, Key, Limiter, Rate, Remote, RemoteSpec, R
 /// queue, takes none. A token is spent when its job starts, whatever the job
 /// does next. Dropping a `SharedRate` drops only the setting; pools built with
 /// it keep their limit. Tokens a pool leased and did not start are lost when
-/// the pool, or the key's state, goes.
+/// the pool goes, or when the key's state goes (kept up to a second after the
+/// lease came, while it holds unused tokens).
 ///
 /// [`Builder::rate_limit`]: crate::Builder::rate_limit
 #[derive(Clone)]
@@ -105,6 +108,11 @@ impl Eq for SharedRate {}
 
 /// How long a default lease covers: about 10 ms of the rate.
 const LEASE_SPAN: Duration = Duration::from_millis(10);
+/// How long a key's unused tokens keep its state after the grant that brought
+/// them, for its next jobs. A lane holds at most a lease however long it is
+/// kept, so the fleet bound holds; what it costs is a key's state (a few
+/// hundred bytes) for this long after its last job.
+const KEEP_TOKENS: Duration = Duration::from_secs(1);
 
 impl SharedRate {
     pub(super) fn new(client: RedisLimits, name: String, rate: Rate) -> SharedRate {
@@ -164,7 +172,9 @@ impl SharedRate {
     }
 
     /// This process's counters for the rate, over every pool and key using it
-    /// (and its clones).
+    /// (and its clones). Limits set again with an equal setting built anew (a
+    /// reloaded configuration) keep the limiter bound first, which counts on
+    /// the first setting's counters.
     pub fn stats(&self) -> SharedStats {
         self.counters.snapshot()
     }
@@ -197,6 +207,7 @@ impl RemoteSpec for SharedRate {
                 rouse,
                 state: Mutex::new(State {
                     tokens: 0,
+                    keep_until: None,
                     next_ask: None,
                     health: Health::new(now),
                     local: Gcra::new(self.rate),
@@ -211,7 +222,7 @@ impl RemoteSpec for SharedRate {
 
     fn id(&self) -> u64 {
         spec_id(
-            &self.counters,
+            &self.client,
             (&*self.name, self.rate, self.lease, self.on_error),
         )
     }
@@ -237,6 +248,10 @@ struct Cell {
 struct State {
     /// Tokens leased and not yet started.
     tokens: u64,
+    /// Until when unused tokens keep a key's lane (and so the tokens) for its
+    /// next jobs: `KEEP_TOKENS` after the last grant. A lane collected later
+    /// drops them.
+    keep_until: Option<Instant>,
     /// Redis said no more tokens (or only part of a lease) until then: do not
     /// ask before.
     next_ask: Option<Instant>,
@@ -340,6 +355,7 @@ impl Cell {
                 self.counters.answered(granted);
                 st.health.answered(&self.counters);
                 st.tokens += granted;
+                st.keep_until = Some(after(Instant::now(), KEEP_TOKENS));
                 st.next_ask = self.pace(&mut st, granted, wait);
             }
             Err(e) => st.health.failed(&e, &self.counters, "shared rate"),
@@ -403,12 +419,17 @@ impl Remote for RateLimiter {
     fn holds_until(&self, clock: &mut Clock) -> Option<Instant> {
         // What the in-process rate owes (it is only charged under
         // `OnError::Local`), kept like a local rate's debt so that a key idle
-        // between jobs does not get a fresh burst each time; and when to ask
-        // Redis next, so that its next job does not ask early for nothing.
+        // between jobs does not get a fresh burst each time; when to ask
+        // Redis next, so that its next job does not ask early for nothing; and
+        // tokens leased and not yet used, kept until `keep_until`, so that a
+        // key whose jobs come one at a time uses its lease instead of dropping
+        // it with its lane (and taking a fresh one from the fleet's bucket for
+        // every job).
         let now = clock.now();
         let st = self.cell.lock();
         let owed = st.local.owed_until(now);
-        owed.max(st.next_ask.filter(|&t| t > now))
+        let leased = st.keep_until.filter(|&t| st.tokens > 0 && t > now);
+        owed.max(st.next_ask.filter(|&t| t > now)).max(leased)
     }
 }
 
